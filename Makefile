@@ -1,0 +1,41 @@
+# The README's commands. Everything installs into .venv from PyPI.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck pytest demo bench proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## test: lint, type-check and run the whole test suite
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+## demo: the sidecar against a fake buildkitd with synthetic builds, then a drain
+demo: $(STAMP)
+	$(BIN)/python -m tests.demo_sidecar
+
+## bench: the benchmarks; writes BENCHMARKS.md
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --out BENCHMARKS.md
+
+## proto: regenerate sidecar/protocol from proto/
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The per-arch autoscaling controller (not built yet; see the issue tracker)."""

@@ -1,0 +1,1 @@
+"""Drain-aware sidecar for BuildKit builder pods."""

@@ -1,0 +1,302 @@
+"""Follow buildkitd's build history: connect, stream, resync, reconnect.
+
+One connection attempt (a *session*) goes:
+
+1. ``Info`` (version) and, unless ``--arch`` is set, ``ListWorkers`` (arch);
+2. open the long-lived ``ListenBuildHistory(ActiveOnly)`` stream and wait for
+   its response headers, so the subscription is live before step 3;
+3. a one-shot snapshot reconciles the active set: now the count is known;
+4. apply stream events as they arrive; every ``resync_interval_seconds`` take
+   another snapshot, so a missed event can never leave a phantom build.
+
+When a session ends, the count becomes unknown (``/status`` says null, never 0)
+until the next session's snapshot. Attempts are spaced by jittered exponential
+backoff. What the failure proves (refused, slow, other) is recorded for the
+drain, which releases early only when buildkitd is provably gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import grpc
+import grpc.aio
+import structlog
+
+from sidecar import buildkit
+from sidecar.buildkit import BuildkitClient, BuildkitError
+from sidecar.metrics import Metrics
+from sidecar.protocol import control_pb2
+from sidecar.settings import Settings
+from sidecar.state import BuilderState, Connection, Loss
+from sidecar.tracking import Change
+
+log = structlog.get_logger("sidecar.following")
+
+
+class Backoff:
+    """Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^n)]."""
+
+    def __init__(self, *, initial: float, cap: float, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * 2.0**self.failures)
+        self.failures += 1
+        # Never below a tenth of the initial delay: a tight loop helps nobody.
+        return max(self.initial / 10, self._rng.uniform(0, ceiling))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class _StreamEnded(Exception):
+    """The history stream ended with status OK: buildkitd's own graceful exit."""
+
+
+class Follower:
+    """Keeps :class:`BuilderState` in step with buildkitd."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        state: BuilderState,
+        metrics: Metrics,
+        channel_factory: Callable[[Settings], grpc.aio.Channel] = buildkit.open_channel,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._state = state
+        self._metrics = metrics
+        self._channel_factory = channel_factory
+        self._backoff = Backoff(initial=settings.reconnect_initial_seconds, cap=settings.reconnect_max_seconds, rng=rng)
+        self._streams_opened = 0
+        self._was_up = False
+        # The last session ended with the stream's OK status: if buildkitd now
+        # refuses connections, it exited on its own (not a crash).
+        self._clean_end = False
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def run(self, *, stop: asyncio.Event) -> None:
+        """Follow until ``stop`` is set. Never returns early on buildkitd errors."""
+        while not stop.is_set():
+            self._state.heartbeat = self._now()
+            channel = self._channel_factory(self._settings)
+            try:
+                await self._session(channel, stop=stop)
+            except _StreamEnded:
+                self._clean_end = True
+                self._lost(Loss.ERROR, "history stream ended (buildkitd shutting down?)")
+                # No backoff: at once, find out whether it is still there.
+                continue
+            except BuildkitError as e:
+                loss = e.loss
+                if self._clean_end and loss is Loss.REFUSED:
+                    loss = Loss.CLEAN_EXIT
+                elif loss is not Loss.REFUSED:
+                    self._clean_end = False
+                self._metrics.connect_failures.labels(arch=self._metrics.arch, loss=e.loss.value).inc()
+                self._lost(loss, str(e))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # loop boundary: log, count, retry
+                log.exception("follower_error", error=repr(e))
+                self._metrics.loop_errors.labels(arch=self._metrics.arch, loop="follower").inc()
+                self._clean_end = False
+                self._lost(Loss.ERROR, repr(e))
+            finally:
+                await channel.close(grace=None)
+            delay = self._backoff.next_delay()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    def _lost(self, loss: Loss, detail: str) -> None:
+        """Record a failed attempt or a broken session; the count becomes unknown."""
+        now = self._now()
+        previous = self._state.connection
+        lost_at = previous.lost_at if previous.lost_at is not None else now
+        refused_since: float | None = None
+        if loss in (Loss.REFUSED, Loss.CLEAN_EXIT):
+            refused_since = previous.refused_since if previous.refused_since is not None else lost_at
+        self._state.set_connection(
+            Connection(
+                up=False, accepting=False, loss=loss, lost_at=lost_at, refused_since=refused_since, detail=detail
+            ),
+            now=now,
+        )
+        if self._was_up:
+            self._was_up = False
+            log.warning("buildkitd_lost", arch=self._state.arch, reason=loss.value, detail=detail)
+
+    async def _session(self, channel: grpc.aio.Channel, *, stop: asyncio.Event) -> None:
+        settings = self._settings
+        state = self._state
+        client = BuildkitClient(channel, rpc_timeout_seconds=settings.rpc_timeout_seconds)
+        version = await client.version()
+        if state.arch is None:
+            arch = await client.arch()
+            if arch is None:
+                raise BuildkitError("ListWorkers returned no platform; set --arch", loss=Loss.ERROR)
+            state.arch = arch
+            log.info("arch_detected", arch=arch)
+        state.buildkit_version = version
+
+        call = client.listen()
+        reader = asyncio.create_task(self._read(call), name="history-stream")
+        try:
+            try:
+                await asyncio.wait_for(call.initial_metadata(), settings.rpc_timeout_seconds)
+            except TimeoutError:
+                # buildkitd sends a header first; without one, carry on: the snapshot
+                # below and the periodic resync still make the count right.
+                log.warning("history_stream_no_headers", arch=state.arch)
+            except grpc.aio.AioRpcError as e:
+                raise buildkit.classify(e) from e
+            self._streams_opened += 1
+            if self._streams_opened > 1:
+                self._metrics.stream_reconnects.labels(arch=state.arch or "unknown").inc()
+            await self._resync(client, reader=reader)
+            self._backoff.reset()
+            await self._follow(client, reader=reader, stop=stop)
+        finally:
+            if not reader.done():
+                call.cancel()
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BuildkitError, _StreamEnded):
+                await reader
+
+    async def _read(
+        self, call: grpc.aio.UnaryStreamCall[control_pb2.BuildHistoryRequest, control_pb2.BuildHistoryEvent]
+    ) -> None:
+        """Apply every event of the live stream; raise how it ended."""
+        try:
+            async for event in call:
+                self.apply(event)
+        except grpc.aio.AioRpcError as e:
+            raise buildkit.classify(e) from e
+        raise _StreamEnded()
+
+    def apply(self, event: control_pb2.BuildHistoryEvent) -> Change:
+        """Apply one history event to the tracker, then count and log it."""
+        record = buildkit.record_of(event.record)
+        now = self._now()
+        tracker = self._state.tracker
+        if event.type == control_pb2.STARTED:
+            change = tracker.started(ref=record.ref, started_at=record.created_at, now=now)
+        elif event.type == control_pb2.COMPLETE:
+            change = tracker.completed(
+                ref=record.ref,
+                error_code=record.error_code,
+                error_message=record.error_message,
+                started_at=record.created_at,
+                completed_at=record.completed_at,
+                now=now,
+            )
+        elif event.type == control_pb2.DELETED:
+            change = tracker.deleted(ref=record.ref, now=now)
+        else:  # a newer daemon's event type: nothing to do with it
+            log.debug("history_event_unknown_type", type=int(event.type))
+            return Change()
+        if change:
+            self._changed(change, source="stream")
+        return change
+
+    def _changed(self, change: Change, *, source: str) -> None:
+        state = self._state
+        self._metrics.record(change)
+        state.refresh(now=self._now())
+        arch = state.arch
+        for build in change.started:
+            if not any(done.ref == build.ref for done in change.completed):
+                log.info(
+                    "build_started",
+                    arch=arch,
+                    ref=build.ref,
+                    started_at=_iso(build.started_at),
+                    active=len(state.tracker),
+                    source=source,
+                )
+        for done in change.completed:
+            log.info(
+                "build_completed",
+                arch=arch,
+                ref=done.ref,
+                started_at=_iso(done.started_at),
+                completed_at=_iso(done.completed_at),
+                duration_seconds=done.duration_seconds,
+                result=done.result.value,
+                error=done.error or None,
+                active=len(state.tracker),
+            )
+        for build in change.vanished:
+            log.warning("build_vanished", arch=arch, ref=build.ref, active=len(state.tracker), source=source)
+
+    async def _resync(self, client: BuildkitClient, *, reader: asyncio.Task[None]) -> None:
+        """Take a snapshot and reconcile; mark the connection up."""
+        tracker = self._state.tracker
+        token = tracker.begin_snapshot()
+        try:
+            running = await client.snapshot()
+        except BuildkitError as e:
+            if self._state.up and e.loss is Loss.REFUSED and not reader.done():
+                # Listeners closed but the open stream still delivers: buildkitd
+                # is finishing its builds before exiting. The count is still
+                # exact; only new builds cannot come in.
+                if self._state.connection.accepting:
+                    log.warning("buildkitd_stopping", arch=self._state.arch, detail=str(e))
+                    self._state.set_connection(Connection(up=True, accepting=False, loss=Loss.NONE), now=self._now())
+                return
+            raise
+        change = tracker.apply_snapshot(token, running, now=self._now())
+        if change:
+            self._changed(change, source="snapshot")
+        self._clean_end = False
+        self._state.last_sync_unix = time.time()
+        self._state.heartbeat = self._now()
+        if not self._state.up or not self._state.connection.accepting:
+            self._state.set_connection(Connection(up=True, accepting=True, loss=Loss.NONE), now=self._now())
+        if not self._was_up:
+            self._was_up = True
+            log.info(
+                "buildkitd_connected",
+                arch=self._state.arch,
+                buildkit_version=self._state.buildkit_version,
+                active=len(tracker),
+            )
+
+    async def _follow(self, client: BuildkitClient, *, reader: asyncio.Task[None], stop: asyncio.Event) -> None:
+        """Wait on the stream, resyncing on a timer, until it ends or ``stop``."""
+        interval = self._settings.resync_interval_seconds
+        stopper = asyncio.create_task(stop.wait(), name="follower-stop")
+        try:
+            while True:
+                done, _ = await asyncio.wait({reader, stopper}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    reader.result()  # raises BuildkitError or _StreamEnded
+                    raise _StreamEnded()
+                if stopper in done:
+                    return
+                self._state.heartbeat = self._now()
+                await self._resync(client, reader=reader)
+        finally:
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
+
+
+def _iso(value: object) -> str | None:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return None

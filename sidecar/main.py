@@ -1,0 +1,196 @@
+"""``buildkit-sidecar``: the command line and the process supervisor.
+
+``buildkit-sidecar [run]`` follows buildkitd and serves the endpoints;
+``buildkit-sidecar drain`` is the matching client for a preStop hook.
+
+Signals only set a flag. The first SIGTERM/SIGINT begins (or joins) the drain;
+the process keeps serving until the drain ends, then exits 0, so a preStop
+hook that is still waiting on ``/drain`` gets its answer. A second signal
+exits at once with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, disable_created_metrics
+
+from sidecar import endpoints, logs
+from sidecar.draining import Drainer
+from sidecar.following import Follower
+from sidecar.metrics import Metrics
+from sidecar.settings import Settings, SettingsError, add_arguments, from_sources, host_port
+from sidecar.state import BuilderState
+from sidecar.tracking import Tracker
+
+log = structlog.get_logger("sidecar.main")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_STARTUP = 2
+
+GRACEFUL_SHUTDOWN_SECONDS = 5.0
+"""After the drain, how long in-flight HTTP requests get to finish (they
+already have their answer: this only covers writing it)."""
+
+
+class Sidecar:
+    """All the parts of one sidecar process, wired together."""
+
+    def __init__(self, *, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.settings = settings
+        # Tombstones must outlive at least one resync interval (the issue's rule)
+        # and the ~3 s between the two COMPLETEs of a build; two intervals, 60 s at least.
+        tracker = Tracker(tombstone_seconds=max(60.0, 2 * settings.resync_interval_seconds))
+        self.state = BuilderState(tracker=tracker, arch=settings.arch, now=loop.time())
+        self.metrics = Metrics(registry=registry or CollectorRegistry(), state=self.state)
+        self.drainer = Drainer(settings=settings, state=self.state, metrics=self.metrics)
+        self.follower = Follower(settings=settings, state=self.state, metrics=self.metrics)
+        self.public_app = endpoints.public_app(
+            settings=settings, state=self.state, drainer=self.drainer, metrics=self.metrics
+        )
+        self.admin_app = endpoints.admin_app(settings=settings, state=self.state, drainer=self.drainer)
+        self.terminate = asyncio.Event()
+        self.force = asyncio.Event()
+        self.stop = asyncio.Event()
+
+    def on_signal(self, signum: int) -> None:
+        """First signal: drain then exit. Second: exit at once."""
+        if self.terminate.is_set():
+            self.force.set()
+        else:
+            self.terminate.set()
+        log.info("signal_received", signal=signal.Signals(signum).name, forced=self.force.is_set())
+
+    async def serve(self) -> int:
+        """Run until a signal's drain ends (0) or a second signal (1); 2 if it cannot start."""
+        runners: list[web.AppRunner] = []
+        try:
+            for app, listen in ((self.public_app, self.settings.listen), (self.admin_app, self.settings.admin_listen)):
+                runner = web.AppRunner(
+                    app, handle_signals=False, access_log=None, shutdown_timeout=GRACEFUL_SHUTDOWN_SECONDS
+                )
+                await runner.setup()
+                runners.append(runner)
+                host, port = host_port(listen)
+                await web.TCPSite(runner, host, port).start()
+        except OSError as e:
+            log.error("listen_failed", error=str(e))
+            for runner in runners:
+                await runner.cleanup()
+            return EXIT_STARTUP
+        log.info(
+            "sidecar_started",
+            listen=self.settings.listen,
+            admin_listen=self.settings.admin_listen,
+            buildkit_addr=self.settings.buildkit_addr,
+            arch=self.settings.arch,
+        )
+        code = EXIT_OK
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.follower.run(stop=self.stop), name="follower")
+                lifecycle = tasks.create_task(self._lifecycle(), name="lifecycle")
+            code = lifecycle.result()
+        except* Exception as group:
+            for error in group.exceptions:
+                log.error("task_died", error=repr(error), exc_info=error)
+            code = EXIT_FORCED
+        finally:
+            await self.drainer.close()
+            for runner in runners:
+                await runner.cleanup()
+        log.info("sidecar_stopped", exit_code=code)
+        return code
+
+    async def _lifecycle(self) -> int:
+        """Wait for a signal, drain, then stop the follower."""
+        try:
+            await self.terminate.wait()
+            drain = self.drainer.begin()
+            forced = asyncio.create_task(self.force.wait(), name="force")
+            try:
+                await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                forced.cancel()
+            return EXIT_FORCED if self.force.is_set() else EXIT_OK
+        finally:
+            self.stop.set()
+
+
+async def run(settings: Settings) -> int:
+    sidecar = Sidecar(settings=settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, sidecar.on_signal, signum)
+    return await sidecar.serve()
+
+
+async def drain_client(*, url: str, token: str | None, timeout_seconds: float) -> int:
+    """POST /drain and print the answer. 0 drained, 1 not drained, 2 unreachable."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url.rstrip("/") + "/drain", headers=headers) as response,
+        ):
+            print(await response.text())
+            return 0 if response.status == 200 else 1
+    except (aiohttp.ClientError, TimeoutError) as e:
+        print(f"buildkit-sidecar drain: {url}: {e!r}", file=sys.stderr)
+        return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="buildkit-sidecar",
+        description="Drain-aware sidecar for a buildkitd pod. Without a command: run.",
+    )
+    commands = top.add_subparsers(dest="command")
+    run_cmd = commands.add_parser("run", help="follow buildkitd and serve /status, /metrics, /drain (default)")
+    add_arguments(run_cmd)
+    drain_cmd = commands.add_parser("drain", help="ask the local sidecar to drain; returns when it did")
+    drain_cmd.add_argument("--admin-url", default="http://127.0.0.1:9091", help="the sidecar's admin listener")
+    drain_cmd.add_argument("--token-file", default=None, help="bearer token, for a public-listener URL")
+    drain_cmd.add_argument(
+        "--timeout-seconds",
+        type=float,
+        default=3600.0,
+        help="give up after this long (default 3600: above the drain deadline)",
+    )
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0].startswith("-"):
+        args_list.insert(0, "run")
+    args = parser().parse_args(args_list)
+    if args.command == "drain":
+        token = Path(args.token_file).read_text().strip() if args.token_file else None
+        return asyncio.run(drain_client(url=args.admin_url, token=token, timeout_seconds=args.timeout_seconds))
+    try:
+        settings = from_sources(args)
+    except SettingsError as e:
+        print(f"buildkit-sidecar: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    logs.configure(settings.log_level)
+    disable_created_metrics()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run(settings))
+    return EXIT_FORCED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generated stubs for the BuildKit control API subset (see proto/). Do not edit."""

@@ -1,0 +1,126 @@
+"""Shared fixtures: a fake buildkitd at the wire, the real sidecar wired to it,
+fake time everywhere (looptime), and a guard against leaked asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.main import Sidecar
+from sidecar.settings import Settings
+from tests.fake_buildkitd import FakeBuildkitd
+
+# gRPC's C core answers from its own threads: give it time before fake time
+# jumps to the next timer, or a pending wait_for fires early (measured: 42
+# cycles, the default, gave false timeouts; 10000 gave none under CPU load).
+LOOPTIME_NOOP_CYCLES = 10_000
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.looptime(noop_cycles=LOOPTIME_NOOP_CYCLES), append=True)
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it."""
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+    leaked = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
+    # give cancellations a moment to land
+    if leaked:
+        await asyncio.sleep(0)
+        leaked = [t for t in leaked if not t.done()]
+    assert leaked == [], f"leaked tasks: {[t.get_name() for t in leaked]}"
+
+
+@pytest.fixture
+def socket_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    # unix socket paths are limited to ~107 bytes: keep it short
+    base = Path(f"/tmp/bks-{os.getpid()}-{id(tmp_path_factory)}")
+    base.mkdir(exist_ok=True)
+    path = base / "buildkitd.sock"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+async def daemon(socket_path: Path) -> AsyncIterator[FakeBuildkitd]:
+    fake = FakeBuildkitd()
+    await fake.start(f"unix:{socket_path}")
+    yield fake
+    await fake.kill()
+
+
+def make_settings(daemon: FakeBuildkitd, **changes: object) -> Settings:
+    """Settings for a sidecar in a test: ephemeral ports, fast reconnects, no quiet period."""
+    values: dict[str, object] = {
+        "buildkit_addr": daemon.address,
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:1",
+        "drain_quiet_seconds": 0.0,
+        "reconnect_initial_seconds": 0.1,
+        "reconnect_max_seconds": 1.0,
+    }
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+class Running:
+    """A real Sidecar whose follower runs in the background of the test."""
+
+    def __init__(self, sidecar: Sidecar, task: asyncio.Task[None]) -> None:
+        self.sidecar = sidecar
+        self.task = task
+        self.state = sidecar.state
+        self.metrics = sidecar.metrics
+        self.drainer = sidecar.drainer
+
+    async def until(self, predicate, within: float = 30.0) -> None:
+        """Wait (on fake time) until ``predicate(state)`` holds."""
+
+        async def wait() -> None:
+            while not predicate(self.state):
+                await self.state.wait_changed(0.05)
+
+        await asyncio.wait_for(wait(), within)
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+    async def stop(self) -> None:
+        self.sidecar.stop.set()
+        await self.sidecar.drainer.close()
+        await asyncio.wait_for(self.task, 30)
+
+
+@pytest.fixture
+async def sidecar_factory(daemon: FakeBuildkitd):
+    started: list[Running] = []
+
+    async def make(**changes: object) -> Running:
+        sidecar = Sidecar(settings=make_settings(daemon, **changes), registry=CollectorRegistry())
+        task = asyncio.create_task(sidecar.follower.run(stop=sidecar.stop), name="test-follower")
+        running = Running(sidecar, task)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def sidecar(sidecar_factory) -> Running:
+    """A sidecar following ``daemon``, connected and reconciled."""
+    running = await sidecar_factory()
+    await running.until(lambda s: s.up)
+    return running
