@@ -96,6 +96,12 @@ class Drainer:
         self._state.notify()
         await asyncio.shield(task)
         self._task = None
+        # The drain may have finished long ago (idle, timeout): undo its marks here.
+        if self._state.draining:
+            self._state.draining = False
+            self._state.drain_started_unix = None
+            self._state.notify()
+            log.info("drain_cancelled", arch=self._state.arch)
         return True
 
     async def close(self) -> None:
@@ -137,12 +143,7 @@ class Drainer:
             else state.describe_builds(now=loop.time(), now_unix=time.time()),
         )
         self._metrics.drain_duration.labels(arch=self._metrics.arch, reason=reason.value).observe(waited)
-        if reason is Reason.CANCELLED:
-            state.draining = False
-            state.drain_started_unix = None
-            state.notify()
-            log.info("drain_cancelled", arch=state.arch, waited_seconds=round(waited, 3))
-        else:
+        if reason is not Reason.CANCELLED:
             log_method = log.info if result.drained else log.warning
             log_method(
                 "drain_finished",

@@ -97,10 +97,10 @@ class Follower:
             try:
                 await self._session(channel, stop=stop)
             except _StreamEnded:
+                # The next attempt (after the short, reset backoff) tells a
+                # daemon that exited on its own from one that merely ended a stream.
                 self._clean_end = True
                 self._lost(Loss.ERROR, "history stream ended (buildkitd shutting down?)")
-                # No backoff: at once, find out whether it is still there.
-                continue
             except BuildkitError as e:
                 loss = e.loss
                 if self._clean_end and loss is Loss.REFUSED:
