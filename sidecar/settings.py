@@ -40,10 +40,10 @@ class Settings:
     """CA bundle that signed buildkitd's server certificate (TCP only)."""
 
     tls_cert: Path | None = None
-    """Client certificate for mTLS (TCP only; needs ``tls_key``)."""
+    """Client certificate for mTLS (TCP only; needs ``--tls-key``)."""
 
     tls_key: Path | None = None
-    """Client key for mTLS (TCP only; needs ``tls_cert``)."""
+    """Client key for mTLS (TCP only; needs ``--tls-cert``)."""
 
     tls_server_name: str | None = None
     """Name to verify buildkitd's certificate against, when it differs from the host."""
