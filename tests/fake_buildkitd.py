@@ -107,14 +107,21 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
         """The address for the sidecar (``unix:///…`` or ``tcp://host:port``)."""
         self._bind: str = ""
         self.snapshots_served = 0
+        self.list_workers_served = 0
+        self.list_workers_reply: control_pb2.ListWorkersResponse | None = None
+        """If set, ListWorkers answers this (e.g. a recorded reply) instead of one worker with ``platforms``."""
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self, bind: str) -> str:
-        """Serve on ``unix:/path`` or ``host:port`` (port 0 picks one). Returns the sidecar address."""
+    async def start(self, bind: str, *, tls: grpc.ServerCredentials | None = None) -> str:
+        """Serve on ``unix:/path`` or ``host:port`` (port 0 picks one). Returns the sidecar address.
+
+        With ``tls`` (TCP only) it serves TLS, as buildkitd does with ``--tlscert``/``--tlskey``
+        (and mTLS with ``--tlscacert``).
+        """
         server = grpc.aio.server()
         control_pb2_grpc.add_ControlServicer_to_server(self, server)
-        port = server.add_insecure_port(bind)
+        port = server.add_secure_port(bind, tls) if tls is not None else server.add_insecure_port(bind)
         await server.start()
         self.server = server
         if bind.startswith("unix:"):
@@ -234,6 +241,9 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
     async def ListWorkers(  # type: ignore[override]
         self, request: control_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListWorkersResponse:
+        self.list_workers_served += 1
+        if self.list_workers_reply is not None:
+            return self.list_workers_reply
         platforms = []
         for spec in self.platforms:
             os_, arch, *variant = spec.split("/")

@@ -20,7 +20,9 @@ RECORDINGS = ROOT.parent / "shared" / "buildkit-recordings" / "v0.32.2-session.j
 
 @pytest.mark.looptime(False)
 def test_committed_stubs_are_fresh_against_proto_sources(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "proto" / "generate.py"), str(tmp_path)], check=True, capture_output=True
+    )
     generated = sorted(p.name for p in (tmp_path / "sidecar" / "protocol").iterdir())
     committed = sorted(p.name for p in (ROOT / "sidecar" / "protocol").iterdir() if p.suffix in (".py", ".pyi"))
     committed.remove("__init__.py")
@@ -28,7 +30,8 @@ def test_committed_stubs_are_fresh_against_proto_sources(tmp_path: Path) -> None
     stale = [
         name
         for name in generated
-        if (tmp_path / "sidecar" / "protocol" / name).read_bytes() != (ROOT / "sidecar" / "protocol" / name).read_bytes()
+        if (tmp_path / "sidecar" / "protocol" / name).read_bytes()
+        != (ROOT / "sidecar" / "protocol" / name).read_bytes()
     ]
     assert [] == stale, "run `make proto` and commit the result"
 
