@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from sidecar.protocol import control_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDINGS = ROOT.parent / "shared" / "buildkit-recordings" / "v0.32.2-session.jsonl"
+RECORDINGS = ROOT / "tests" / "data" / "v0.32.2-session.jsonl"
 
 
 @pytest.mark.looptime(False)
