@@ -250,6 +250,10 @@ class Follower:
         try:
             running = await client.snapshot()
         except BuildkitError as e:
+            if reader.done() and not reader.cancelled() and isinstance(reader.exception(), _StreamEnded):
+                # The stream ended with OK while this snapshot was failing: that
+                # OK is buildkitd's own exit, whatever the snapshot ran into.
+                raise _StreamEnded() from e
             if self._state.up and e.loss is Loss.REFUSED and not reader.done():
                 # Listeners closed but the open stream still delivers: buildkitd
                 # is finishing its builds before exiting. The count is still
