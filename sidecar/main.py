@@ -154,13 +154,18 @@ async def drain_client(*, url: str, token: str | None, timeout_seconds: float) -
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="buildkit-sidecar",
         description="Drain-aware sidecar for a buildkitd pod. Without a command: run.",
     )
     commands = top.add_subparsers(dest="command")
-    run_cmd = commands.add_parser("run", help="follow buildkitd and serve /status, /metrics, /drain (default)")
+    run_cmd = commands.add_parser(
+        "run", allow_abbrev=False, help="follow buildkitd and serve /status, /metrics, /drain (default)"
+    )
     add_arguments(run_cmd)
-    drain_cmd = commands.add_parser("drain", help="ask the local sidecar to drain; returns when it did")
+    drain_cmd = commands.add_parser(
+        "drain", allow_abbrev=False, help="ask the local sidecar to drain; returns when it did"
+    )
     drain_cmd.add_argument("--admin-url", default="http://127.0.0.1:9091", help="the sidecar's admin listener")
     drain_cmd.add_argument("--token-file", default=None, help="bearer token, for a public-listener URL")
     drain_cmd.add_argument(
@@ -178,7 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "run")
     args = parser().parse_args(args_list)
     if args.command == "drain":
-        token = Path(args.token_file).read_text().strip() if args.token_file else None
+        try:
+            token = Path(args.token_file).read_text().strip() if args.token_file else None
+        except OSError as e:
+            print(f"buildkit-sidecar drain: --token-file={args.token_file!r}: {e.strerror}", file=sys.stderr)
+            return EXIT_STARTUP
         return asyncio.run(drain_client(url=args.admin_url, token=token, timeout_seconds=args.timeout_seconds))
     try:
         settings = from_sources(args)

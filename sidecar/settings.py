@@ -227,7 +227,8 @@ def from_sources(
     for opt in OPTIONS:
         raw = getattr(args, opt.field, None) if args is not None else None
         source = opt.flag
-        if raw is None and opt.env in environ:
+        if raw is None and environ.get(opt.env, "") != "":
+            # an empty variable is unset: manifests often template one in empty
             raw, source = environ[opt.env], opt.env
         if raw is None:
             continue

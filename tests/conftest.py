@@ -104,6 +104,13 @@ class Running:
 
 @pytest.fixture
 async def sidecar_factory(daemon: FakeBuildkitd):
+    """Start real sidecars inside the test body (call ``await sidecar_factory(**settings)``).
+
+    Not a ready-made ``sidecar`` fixture on purpose: looptime runs fixtures on
+    the real clock and restarts the loop's clock when the test begins, so a
+    sidecar started in a fixture would carry real-clock times (idle since,
+    lost at) into a fake-time test.
+    """
     started: list[Running] = []
 
     async def make(**changes: object) -> Running:
@@ -116,11 +123,3 @@ async def sidecar_factory(daemon: FakeBuildkitd):
     yield make
     for running in started:
         await running.stop()
-
-
-@pytest.fixture
-async def sidecar(sidecar_factory) -> Running:
-    """A sidecar following ``daemon``, connected and reconciled."""
-    running = await sidecar_factory()
-    await running.until(lambda s: s.up)
-    return running
