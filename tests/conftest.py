@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.main import Sidecar
 from sidecar.settings import Settings
 from tests.fake_buildkitd import FakeBuildkitd
+from tests.fake_kubernetes import api, k8s  # noqa: F401 - fixtures for the autoscaler tests
 
 # gRPC's C core answers from its own threads: give it time before fake time
 # jumps to the next timer, or a pending wait_for fires early (measured: 42
