@@ -99,7 +99,8 @@ class Kube:
         """Set the replicas, only if the Deployment did not change since ``resource_version`` (else 409)."""
         body = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": replicas}}
         try:
-            scale = await self.apps.patch_namespaced_deployment_scale(
+            # _content_type is accepted at run time; the stubs do not list it.
+            scale = await self.apps.patch_namespaced_deployment_scale(  # type: ignore[call-arg]
                 deployment, namespace, body, _content_type=MERGE_PATCH, _request_timeout=self.timeout
             )
         except TRANSIENT as e:
@@ -126,7 +127,7 @@ class Kube:
         """Set (or, with None, remove) annotations on one pod."""
         body = {"metadata": {"annotations": dict(annotations)}}
         try:
-            await self.core.patch_namespaced_pod(
+            await self.core.patch_namespaced_pod(  # type: ignore[call-arg]
                 pod, namespace, body, _content_type=MERGE_PATCH, _request_timeout=self.timeout
             )
         except TRANSIENT as e:
@@ -157,7 +158,8 @@ class Kube:
         now: datetime.datetime,
     ) -> None:
         """A core/v1 Event (what ``kubectl describe`` shows)."""
-        body: dict[str, Any] = {
+        # The client accepts plain dicts (its annotations say model objects only).
+        body: Any = {
             "metadata": {"generateName": f"{about.name}.", "namespace": about.namespace},
             "involvedObject": {
                 "kind": about.kind,

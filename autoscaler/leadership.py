@@ -126,7 +126,8 @@ class Elector:
         if held_by_other and self._observed_at + duration > now:
             self._renewed_at = None
             return False
-        body: dict[str, Any] = {
+        # The client accepts plain dicts (its annotations say model objects only).
+        body: Any = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {
@@ -160,7 +161,7 @@ class Elector:
 
     async def _create(self, *, stamp: str, now: float) -> bool:
         s = self.settings
-        body = {
+        body: Any = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": s.name, "namespace": s.namespace},
@@ -200,7 +201,7 @@ class Elector:
             )
             if lease.spec.holder_identity != s.identity:
                 return
-            body = {
+            body: Any = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
                 "metadata": {
