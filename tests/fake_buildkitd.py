@@ -160,7 +160,7 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
             await asyncio.sleep(builds_finish_after)
             for ref in list(self.active):
                 self.complete_build(ref)
-        while self.active:  # noqa: ASYNC110 - a test fake may poll its own dict
+        while self.active:
             await asyncio.sleep(0.01)
         for sub in self.subscribers:
             sub.queue.put_nowait(_END)
