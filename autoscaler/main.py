@@ -11,12 +11,17 @@ The controller's ``run`` command is not built yet.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from autoscaler.config import ConfigError, effective_yaml, load_config
+from autoscaler.running import Options, default_identity, run, split_ref
+from sidecar.logs import configure
+from sidecar.settings import host_port
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -63,7 +68,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE", help="the file to check; - for standard input")
     check.set_defaults(handler=_check_config_command)
+
+    run = commands.add_parser(
+        "run",
+        allow_abbrev=False,
+        help="run the controller (in-cluster configuration unless --kubeconfig)",
+        description="Scale each pool's builder Deployment from its active builds. "
+        "Every flag can also be set by the environment variable named in its help.",
+    )
+    env = os.environ.get
+    run.add_argument(
+        "--config-map",
+        default=env("BUILDKIT_AUTOSCALER_CONFIG_MAP"),
+        metavar="NAMESPACE/NAME",
+        help="the ConfigMap holding config.yaml, watched through the API "
+        "[env BUILDKIT_AUTOSCALER_CONFIG_MAP; required]",
+    )
+    run.add_argument(
+        "--lease",
+        default=env("BUILDKIT_AUTOSCALER_LEASE"),
+        metavar="NAMESPACE/NAME",
+        help="the Lease for leader election [env BUILDKIT_AUTOSCALER_LEASE; "
+        "default: the ConfigMap's namespace, name buildkit-autoscaler]",
+    )
+    run.add_argument(
+        "--listen",
+        default=env("BUILDKIT_AUTOSCALER_LISTEN", "0.0.0.0:9100"),
+        metavar="HOST:PORT",
+        help="/metrics, /healthz, /readyz [env BUILDKIT_AUTOSCALER_LISTEN; default 0.0.0.0:9100]",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        default=env("BUILDKIT_AUTOSCALER_KUBECONFIG"),
+        metavar="PATH",
+        help="use this kubeconfig instead of the in-cluster configuration [env BUILDKIT_AUTOSCALER_KUBECONFIG]",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=_flag(env("BUILDKIT_AUTOSCALER_DRY_RUN")),
+        help="log the decisions; write nothing (no scale, annotations, Events or Lease) "
+        "[env BUILDKIT_AUTOSCALER_DRY_RUN=true]",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        default=_flag(env("BUILDKIT_AUTOSCALER_ONCE")),
+        help="run one cycle without leader election, then exit [env BUILDKIT_AUTOSCALER_ONCE=true]",
+    )
+    run.add_argument(
+        "--log-level",
+        default=env("BUILDKIT_AUTOSCALER_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="[env BUILDKIT_AUTOSCALER_LOG_LEVEL]",
+    )
+    run.set_defaults(handler=_run_command)
     return parser
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _run_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        if not args.config_map:
+            raise ValueError("--config-map (or BUILDKIT_AUTOSCALER_CONFIG_MAP) is required")
+        config_map = split_ref(args.config_map, what="--config-map")
+        lease = split_ref(args.lease, what="--lease") if args.lease else (config_map[0], "buildkit-autoscaler")
+        listen = host_port(args.listen)
+    except ValueError as e:
+        stderr.write(f"buildkit-autoscaler: {e}\n")
+        return EXIT_USAGE
+    configure(args.log_level)
+    options = Options(
+        config_map=config_map,
+        lease=lease,
+        listen=listen,
+        kubeconfig=args.kubeconfig,
+        dry_run=args.dry_run,
+        once=args.once,
+        identity=default_identity(),
+    )
+    return asyncio.run(run(options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

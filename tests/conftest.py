@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis.internal.observability  # noqa: F401 - see below
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +23,12 @@ from tests.fake_kubernetes import api, k8s  # noqa: F401 - fixtures for the auto
 LOOPTIME_NOOP_CYCLES = 10_000
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+# The import above is hypothesis's pytest plugin's lazy one, done early: on
+# CPython 3.11.7, compiling a module at the end of a session that ran the
+# kmock-based tests fails with "SystemError: AST constructor recursion depth
+# mismatch" (an interpreter bug fixed in later 3.11 releases), which crashed
+# the terminal summary after all tests had passed.
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

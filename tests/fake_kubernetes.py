@@ -164,6 +164,10 @@ class FakeCluster:
         self._store(res, key, obj, "MODIFIED" if existed else "ADDED")
         return obj
 
+    def delete(self, res: str, ns: str | None, name: str) -> None:
+        """Delete an object from the test side (emits a DELETED watch event)."""
+        self._store(res, (res, ns, name), None, "DELETED")
+
     def get(self, res: str, ns: str | None, name: str) -> dict[str, Any]:
         return self.objects[res, ns, name]
 

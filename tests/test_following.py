@@ -74,7 +74,17 @@ def failures(sidecar: Running, loss: Loss) -> float:
 # -- counting ------------------------------------------------------------------
 
 
-async def test_active_count_follows_builds_starting_and_completing(daemon: FakeBuildkitd, sidecar: Running) -> None:
+async def connected(sidecar_factory: SidecarFactory) -> Running:
+    """A real sidecar started inside the test body (on fake time), connected and reconciled."""
+    running = await sidecar_factory()
+    await running.until(lambda s: s.up)
+    return running
+
+
+async def test_active_count_follows_builds_starting_and_completing(
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
+) -> None:
+    sidecar = await connected(sidecar_factory)
     assert 0 == sidecar.state.active_count()
     a = daemon.start_build()
     b = daemon.start_build()
@@ -91,7 +101,10 @@ async def test_active_count_follows_builds_starting_and_completing(daemon: FakeB
     assert 1.0 == sidecar.sample("buildkit_sidecar_builds_completed_total", arch="amd64", result="canceled")
 
 
-async def test_duplicate_complete_with_generation_1_is_counted_once(daemon: FakeBuildkitd, sidecar: Running) -> None:
+async def test_duplicate_complete_with_generation_1_is_counted_once(
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
+) -> None:
+    sidecar = await connected(sidecar_factory)
     assert daemon.duplicate_complete
     ref = daemon.start_build()
     await sidecar.until(lambda s: s.active_count() == 1)
@@ -102,7 +115,10 @@ async def test_duplicate_complete_with_generation_1_is_counted_once(daemon: Fake
     assert ref not in sidecar.state.tracker.active
 
 
-async def test_unknown_refs_and_unknown_event_types_are_ignored(daemon: FakeBuildkitd, sidecar: Running) -> None:
+async def test_unknown_refs_and_unknown_event_types_are_ignored(
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
+) -> None:
+    sidecar = await connected(sidecar_factory)
     ref = daemon.start_build()
     await sidecar.until(lambda s: s.active_count() == 1)
     unknown = control_pb2.BuildHistoryRecord(Ref="neverseenbuild00000000000")
@@ -121,8 +137,9 @@ async def test_unknown_refs_and_unknown_event_types_are_ignored(daemon: FakeBuil
 
 
 async def test_complete_before_started_never_counts_the_build_as_active(
-    daemon: FakeBuildkitd, sidecar: Running
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
 ) -> None:
+    sidecar = await connected(sidecar_factory)
     seen: set[str] = set()
 
     async def watch() -> None:
@@ -144,7 +161,10 @@ async def test_complete_before_started_never_counts_the_build_as_active(
     assert 1.0 == sidecar.sample("buildkit_sidecar_build_duration_seconds_count", arch="amd64", result="success")
 
 
-async def test_deleted_event_for_an_active_build_counts_it_as_vanished(daemon: FakeBuildkitd, sidecar: Running) -> None:
+async def test_deleted_event_for_an_active_build_counts_it_as_vanished(
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
+) -> None:
+    sidecar = await connected(sidecar_factory)
     ref = daemon.start_build()
     await sidecar.until(lambda s: s.active_count() == 1)
     record = control_pb2.BuildHistoryRecord(Ref=ref)
@@ -251,7 +271,10 @@ async def test_missed_events_while_held_are_repaired_by_the_next_resync(
 # -- losing buildkitd ------------------------------------------------------------
 
 
-async def test_killed_buildkitd_makes_the_count_unknown_never_zero(daemon: FakeBuildkitd, sidecar: Running) -> None:
+async def test_killed_buildkitd_makes_the_count_unknown_never_zero(
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
+) -> None:
+    sidecar = await connected(sidecar_factory)
     daemon.start_build()
     await sidecar.until(lambda s: s.active_count() == 1)
     await daemon.kill()
@@ -269,8 +292,9 @@ async def test_killed_buildkitd_makes_the_count_unknown_never_zero(daemon: FakeB
 
 
 async def test_restarted_buildkitd_is_followed_again_with_the_right_count(
-    daemon: FakeBuildkitd, sidecar: Running
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
 ) -> None:
+    sidecar = await connected(sidecar_factory)
     lost = [daemon.start_build(), daemon.start_build()]
     await sidecar.until(lambda s: s.active_count() == 2)
     assert sidecar.sample("buildkit_sidecar_stream_reconnects_total", arch="amd64") is None
@@ -293,8 +317,9 @@ async def test_restarted_buildkitd_is_followed_again_with_the_right_count(
 
 
 async def test_unclean_loss_then_refused_dates_refused_since_from_the_loss(
-    daemon: FakeBuildkitd, sidecar: Running
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
 ) -> None:
+    sidecar = await connected(sidecar_factory)
     killed_at = loop_time()
     await daemon.kill()
     await sidecar.until(lambda s: s.connection.loss is Loss.REFUSED)
@@ -436,8 +461,9 @@ async def test_recorded_list_workers_reply_gives_the_native_arch(spawn: Spawn, s
 
 
 async def test_recorded_session_replayed_through_the_follower_counts_each_build_once(
-    daemon: FakeBuildkitd, sidecar: Running
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
 ) -> None:
+    sidecar = await connected(sidecar_factory)
     events = [(t, control_pb2.BuildHistoryEvent.FromString(raw)) for t, raw in recorded("live_active_only")]
     assert 12 == len(events)
     counts: list[int | None] = []
