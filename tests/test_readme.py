@@ -42,3 +42,26 @@ async def test_every_exposed_metric_family_has_a_readme_row() -> None:
         _row(name)
     documented = {line.split("`")[1] for line in README.splitlines() if line.startswith("| `buildkit_sidecar_")}
     assert names == documented
+
+
+def _cell(text: str) -> str:
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def test_every_autoscaler_config_key_has_a_readme_row_with_type_default_range_and_meaning() -> None:
+    from autoscaler.config import reference
+
+    for field in reference():
+        cells = [f"`{field.path}`", _cell(field.type), _cell(field.default), _cell(field.range), _cell(field.doc)]
+        expected = "| " + " | ".join(cells) + " |"
+        assert expected == _row(field.path)
+
+
+def test_every_autoscaler_metric_has_a_readme_row() -> None:
+    from autoscaler.metrics import Metrics as AutoscalerMetrics
+
+    registry = CollectorRegistry()
+    AutoscalerMetrics(registry=registry)
+    names = {f.name + ("_total" if f.type == "counter" else "") for f in registry.collect()}
+    documented = {line.split("`")[1] for line in README.splitlines() if line.startswith("| `buildkit_autoscaler_")}
+    assert names == documented
