@@ -35,11 +35,12 @@ from typing import Any
 import aiohttp
 import structlog
 
-from autoscaler.config import Config, ConfigError, Pool, load_configmap_data
+from autoscaler.config import Config, ConfigError, Pool, PrometheusSource, load_configmap_data
 from autoscaler.kube import Kube, KubeError, ObjectRef
 from autoscaler.leadership import Elector
 from autoscaler.metrics import Metrics
 from autoscaler.policy import Decision, Direction, History, Observation, PodView, decide
+from autoscaler.prometheus import fetch_pool
 from autoscaler.status import SidecarStatus, Unreadable, fetch_all
 from autoscaler.watching import WatchCache
 
@@ -73,6 +74,9 @@ class PoolState:
     """None until the first cycle seeds it with the replicas it finds (as HPA does after a restart)."""
     pods: WatchCache
     refused: str | None = None
+    """Why the pool cannot be managed under this config (its selector could not be read)."""
+    reported: str | None = None
+    """The refusal last announced with an Event: announce each once, and again if it recurs."""
     last_direction: Direction | None = None
     annotated: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
@@ -186,7 +190,13 @@ class Controller:
         """Cycle every ``pollIntervalSeconds`` until ``stop``."""
         while not stop.is_set():
             started = self.clock()
-            await self.cycle()
+            try:
+                await self.cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # loop boundary: one bad cycle must not stop the controller
+                self.metrics.api_errors.labels(operation="cycle_unexpected").inc()
+                log.exception("cycle_error", error=repr(e))
             interval = self.config.poll_interval_seconds if self.config else 5.0
             delay = max(0.0, started + interval - self.clock())
             with contextlib.suppress(TimeoutError):
@@ -319,34 +329,25 @@ class Controller:
         refused = state.refused or self._hpa_conflict(pool)
         if refused is not None:
             self.metrics.pool_refused.labels(pool=name).set(1)
-            if refused != state.refused and not refused.endswith("not listed yet"):
+            if refused != state.reported and not refused.endswith("not listed yet"):
                 log.error("pool_refused", pool=name, reason=refused)
                 await self._event(
                     _deployment(pool), type_="Warning", reason="PoolRefused", message=f"not scaling: {refused}"
                 )
-                state.refused = refused
+                state.reported = refused
             return None
         self.metrics.pool_refused.labels(pool=name).set(0)
+        state.reported = None
         if not state.pods.synced.is_set():
             log.info("pool_waiting_for_pod_cache", pool=name)
             return None
 
         scale = await self.kube.read_scale(pool.namespace, pool.deployment)
         pods = [p for p in state.pods.objects.values() if (p.status.phase if p.status else None) not in _GONE_PHASES]
-        urls = {
-            p.metadata.name: f"http://{_host(p.status.pod_ip)}:{pool.sidecar_port}/status"
-            for p in pods
-            if p.status and p.status.pod_ip
-        }
         config = self.config
         if config is None:
             return None
-        statuses = await fetch_all(
-            self.http,
-            urls,
-            timeout_seconds=config.status_timeout_seconds,
-            concurrency=config.status_concurrency,
-        )
+        statuses = await self._observe(pool, config, [p for p in pods if _running(p)])
         views = tuple(pod_view(p, statuses.get(p.metadata.name), pool=pool) for p in pods)
         observation = Observation(current_replicas=scale.replicas, pods=views)
         now = self.clock()
@@ -395,6 +396,21 @@ class Controller:
             message=decision.reason,
         )
         return decision
+
+    async def _observe(self, pool: Pool, config: Config, running: list[Any]) -> dict[str, SidecarStatus | Unreadable]:
+        """Each running pod's load, from the configured source (pods not asked about have none yet)."""
+        if isinstance(config.source, PrometheusSource):
+            return await fetch_pool(
+                self.http,
+                source=config.source,
+                pool=pool,
+                pods=[p.metadata.name for p in running],
+                timeout_seconds=config.status_timeout_seconds,
+            )
+        urls = {p.metadata.name: f"http://{_host(p.status.pod_ip)}:{pool.sidecar_port}/status" for p in running}
+        return await fetch_all(
+            self.http, urls, timeout_seconds=config.status_timeout_seconds, concurrency=config.status_concurrency
+        )
 
     def _export(self, pool: Pool, decision: Decision) -> None:
         m = self.metrics
@@ -463,6 +479,12 @@ class Controller:
 
 
 _GONE_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def _running(pod: Any) -> bool:
+    """Started, with an address: a Pending pod has an IP while its images are pulled, but no
+    builds and no sidecar to answer (asking would count it busy and scale up for nothing)."""
+    return bool(pod.status and pod.status.phase == "Running" and pod.status.pod_ip)
 
 
 def _host(ip: str) -> str:

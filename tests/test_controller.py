@@ -432,3 +432,33 @@ async def test_a_steady_cycle_makes_no_list_and_no_patch(
     during = fleet.k8s.calls[before:]
     assert [] == [c for c in during if c[0] in ("list", "patch")]
     assert 2 == fleet.replicas
+
+
+_WRITES = ("patch", "create", "replace", "delete")
+
+
+async def test_losing_leadership_stops_every_write_and_regaining_it_resumes(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    elector = controller.elector
+    assert isinstance(elector, FixedElector)
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    assert 4 == fleet.replicas
+
+    elector.leader = False
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 4
+    writes = sum(1 for c in fleet.k8s.calls if c[0] in _WRITES)
+    for _ in range(3):
+        await step(controller, fleet)
+    assert writes == sum(1 for c in fleet.k8s.calls if c[0] in _WRITES)
+    assert 4 == fleet.replicas
+    assert 0.0 == controller.metrics.registry.get_sample_value("buildkit_autoscaler_is_leader")
+
+    elector.leader = True
+    await step(controller, fleet)
+    assert 8 == fleet.replicas  # +100 % per 15 s from 4 (the need is 9)
