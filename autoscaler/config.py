@@ -336,9 +336,9 @@ class SidecarsSource(_Model):
 class PrometheusSource(_Model):
     """Read active builds from Prometheus instead of the sidecars.
 
-    Intended contract (for the controller): the query returns one sample per builder pod with
-    a ``pod`` label and the pod's active builds as value; ``$namespace`` and ``$arch`` are
-    replaced by the pool's. A pod without a sample has unknown load.
+    The contract (read by :mod:`autoscaler.prometheus`): the query returns one sample per
+    builder pod with a ``pod`` label and the pod's active builds as value; ``$namespace`` and
+    ``$arch`` are replaced by the pool's. A pod without a sample has unknown load.
     """
 
     type: Literal["prometheus"]

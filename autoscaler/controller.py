@@ -4,7 +4,9 @@ Each cycle, per pool:
 
 1. **Observe**: the pool's pods from a watch-backed cache (no LIST), the
    Deployment's ``scale`` (one GET, for replicas and the resourceVersion the
-   write will carry), and every pod's sidecar ``/status``, concurrently.
+   write will carry), and the active builds of every running pod: each sidecar's
+   ``/status``, concurrently, or with ``source: prometheus`` one query
+   (:mod:`autoscaler.prometheus`). A Pending pod is not asked: it has no builds yet.
 2. **Decide**: :func:`autoscaler.policy.decide`, no I/O.
 3. **Act** (leader only, not in ``--dry-run``): keep the disruption annotations
    on busy pods; before a scale-down, rank pods with
@@ -180,6 +182,22 @@ class Controller:
                 "no last good config: " + "; ".join(e.errors)
             ) from e
         await self._apply_config(config, version=obj.metadata.resource_version)
+
+    async def wait_synced(self, *, timeout_seconds: float) -> bool:
+        """Wait until every started pod and HPA cache has listed; False if one has not in time.
+
+        A cycle skips a pool whose caches are not synced yet: ``--once`` has a single cycle.
+        """
+        caches = [
+            cache for cache in (*(s.pods for s in self.pools.values()), *self._hpas.values()) if cache in self._tasks
+        ]
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                for cache in caches:
+                    await cache.synced.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         self._stop.set()

@@ -5,7 +5,8 @@
 the effective config with every default filled in (exit 0), or every error
 with its field path, one per line on standard error (exit 1).
 
-The controller's ``run`` command is not built yet.
+``buildkit-autoscaler run --config-map NAMESPACE/NAME ...`` runs the controller
+(:mod:`autoscaler.running`); a bad flag or a start-up failure exits 2.
 """
 
 from __future__ import annotations

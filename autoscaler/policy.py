@@ -12,8 +12,14 @@ The steps, in order (HPA's, so an SRE who knows HPA's ``behavior`` knows these):
    the Deployment's replicas but takes no new builds, so it is not capacity).
    Demand is every known active build, including those on terminating and
    draining pods (they are still running: scaling down further before they
-   finish would cascade), plus ``targetBuildsPerReplica`` for every pod whose
-   load is unknown (it counts as busy). This is
+   finish would cascade), plus ``targetBuildsPerReplica`` for every *ready*
+   pod whose load is unknown (it counts as busy: its sidecar passed its
+   readiness probe, so it was serving builds, but this cycle could not read
+   it). An unknown pod that is not ready (starting: buildkitd not up yet)
+   adds no demand: counting a starting pod as a full replica of demand would
+   make every scale-up call for more replicas, which start unknown in turn (a
+   runaway measured with the Prometheus source, where new pods have no sample
+   until the next scrape). Every unknown pod still blocks scale-down (step 7). This is
    :attr:`Decision.recommended_replicas`, before everything below.
 2. **Out of range.** If the current replicas lie outside [min, max], go straight
    to the nearest bound (HPA does the same, bypassing windows and policies).
@@ -47,8 +53,8 @@ Decisions taken where the issue is silent:
   so a restarted (or newly elected) autoscaler waits a full scale-down window
   before scaling down, as HPA does after a controller restart. Unlike HPA's
   seed, it does not delay a scale-up.
-* ``ready`` on a pod is informational: a starting pod is capacity about to
-  arrive, and a broken one reports unknown load (which already counts as busy).
+* ``ready`` on a pod matters only for unknown load (step 1): a starting pod
+  is capacity about to arrive, not demand.
 * A pod that cannot have builds yet (Pending, no IP) should be reported with
   ``active_builds=0``, not None; None means "its sidecar could not tell us".
 """
@@ -237,11 +243,20 @@ def decide(observation: Observation, pool: Pool, history: History, now: float) -
     known = [p.active_builds for p in observation.pods if p.active_builds is not None]
     active = sum(known)
     unknown = len(observation.pods) - len(known)
+    unknown_busy = sum(1 for p in observation.pods if p.active_builds is None and p.ready and not p.terminating)
     leaving = sum(p.active_builds or 0 for p in observation.pods if p.terminating or p.draining)
     parked = sum(1 for p in observation.pods if p.parked)
-    needed = math.ceil((active + unknown * target) / target) + pool.spare_replicas + parked
+    needed = math.ceil((active + unknown_busy * target) / target) + pool.spare_replicas + parked
 
-    explain = _need_text(active=active, unknown=unknown, leaving=leaving, parked=parked, pool=pool, needed=needed)
+    explain = _need_text(
+        active=active,
+        unknown=unknown,
+        unknown_busy=unknown_busy,
+        leaving=leaving,
+        parked=parked,
+        pool=pool,
+        needed=needed,
+    )
     notes: list[str] = []
     limits: list[Limit] = []
 
@@ -377,13 +392,20 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _need_text(*, active: int, unknown: int, leaving: int, parked: int, pool: Pool, needed: int) -> str:
+def _need_text(
+    *, active: int, unknown: int, unknown_busy: int, leaving: int, parked: int, pool: Pool, needed: int
+) -> str:
     """``4 active builds, 2 per replica, +1 spare → 3`` and the qualifiers that apply."""
     text = _count(active, "active build")
     if leaving:
         text += f" ({leaving} on draining or terminating pods)"
-    if unknown:
-        text += f" + {_count(unknown, 'pod')} of unknown load counted as {pool.target_builds_per_replica} builds each"
+    if unknown_busy:
+        text += (
+            f" + {_count(unknown_busy, 'ready pod')} of unknown load counted as "
+            f"{pool.target_builds_per_replica} builds each"
+        )
+    if unknown > unknown_busy:
+        text += f" ({_count(unknown - unknown_busy, 'starting pod')} of unknown load not counted)"
     text += f", {pool.target_builds_per_replica} per replica, +{pool.spare_replicas} spare"
     if parked:
         text += f", +{parked} draining"

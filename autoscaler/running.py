@@ -33,6 +33,9 @@ log = structlog.get_logger("autoscaler.running")
 EXIT_OK = 0
 EXIT_STARTUP = 2
 
+SYNC_TIMEOUT_SECONDS = 30.0
+"""``--once``: how long to wait for the pod and HPA caches' first LIST (a cycle skips a pool without)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class Options:
@@ -123,6 +126,8 @@ async def run(options: Options) -> int:
             return EXIT_STARTUP
         try:
             if options.once:
+                if not await controller.wait_synced(timeout_seconds=SYNC_TIMEOUT_SECONDS):
+                    log.warning("caches_not_synced", note="pools not listed yet are skipped this cycle")
                 decisions = await controller.cycle()
                 for pool, decision in decisions.items():
                     log.info("decision", pool=pool, current=decision.current_replicas,

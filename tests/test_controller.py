@@ -462,3 +462,53 @@ async def test_losing_leadership_stops_every_write_and_regaining_it_resumes(
     elector.leader = True
     await step(controller, fleet)
     assert 8 == fleet.replicas  # +100 % per 15 s from 4 (the need is 9)
+
+
+async def test_a_pending_pod_with_an_ip_has_no_builds_rather_than_unknown_load(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 3}})
+    await fleet.reconcile()
+    pulling = fleet.pod_by_ip("127.0.0.4")  # its sandbox has an IP; its images are still being pulled
+    fleet.k8s.put(
+        "pods",
+        NS,
+        {
+            **pulling,
+            "status": {"phase": "Pending", "podIP": "127.0.0.4", "conditions": [{"type": "Ready", "status": "False"}]},
+        },
+    )
+    await sidecars.stop("127.0.0.4")
+    controller = await controller_factory()
+    sidecars.loads["127.0.0.2"] = sidecars.loads["127.0.0.3"] = 3
+    await step(controller, fleet)
+    # 6 builds, 2 per replica, +1 spare → 4; counted as unknown load it would have been 5
+    assert 4 == fleet.replicas
+    assert 0.0 == sample(controller, "buildkit_autoscaler_unreadable_pods", pool="amd64")
+
+
+async def test_a_pool_refused_for_an_hpa_resumes_when_the_hpa_goes_and_is_refused_again_if_it_returns(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    hpa = {
+        "metadata": {"name": "cpu"},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": DEPLOY, "apiVersion": "apps/v1"}, "maxReplicas": 5},
+    }
+    fleet.k8s.put("horizontalpodautoscalers.autoscaling", NS, hpa)
+    await fleet.reconcile()
+    controller = await controller_factory()
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    assert 2 == fleet.replicas
+    assert 1 == len(events(fleet.k8s, "PoolRefused"))
+
+    fleet.k8s.delete("horizontalpodautoscalers.autoscaling", NS, "cpu")
+    await step(controller, fleet)
+    assert 4 == fleet.replicas
+    assert 0.0 == sample(controller, "buildkit_autoscaler_pool_refused", pool="amd64")
+
+    fleet.k8s.put("horizontalpodautoscalers.autoscaling", NS, hpa)
+    await step(controller, fleet)
+    assert 2 == len(events(fleet.k8s, "PoolRefused"))
+    assert 1.0 == sample(controller, "buildkit_autoscaler_pool_refused", pool="amd64")

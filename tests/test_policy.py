@@ -108,7 +108,9 @@ def test_unknown_load_counts_as_a_full_replica_of_builds() -> None:
     decision = decide(_observe(2, 1, None), _pool(), _empty(_pool()), now=0)
 
     assert (3, 1, 1) == (decision.recommended_replicas, decision.active_builds, decision.unknown_pods)
-    assert decision.reason.startswith("1 active build + 1 pod of unknown load counted as 2 builds each, 2 per replica")
+    assert decision.reason.startswith(
+        "1 active build + 1 ready pod of unknown load counted as 2 builds each, 2 per replica"
+    )
 
 
 def test_unknown_load_blocks_scale_down() -> None:
@@ -523,3 +525,33 @@ def test_property_constant_load_settles_without_flapping(
     assert all(c > 0 for c in changes) or all(c < 0 for c in changes), f"flapped: {run.trajectory[:10]}"
     settled = [d.desired_replicas for at, d in run.decisions if at > 2400]
     assert [run.replicas] * len(settled) == settled
+
+
+def test_a_starting_pod_of_unknown_load_adds_no_demand_but_still_blocks_scale_down() -> None:
+    # 6 builds need 4 replicas; two new pods are not ready yet and cannot be read
+    pods = (
+        *_pods(3, 3),
+        PodView(name="new-1", active_builds=None, ready=False),
+        PodView(name="new-2", active_builds=None, ready=False),
+    )
+    decision = decide(Observation(current_replicas=4, pods=pods), _pool(), _empty(_pool()), now=0)
+    assert (4, 4) == (decision.recommended_replicas, decision.desired_replicas)
+    assert "2 starting pods of unknown load not counted" in decision.reason
+    idle = (*_pods(0, 0), PodView(name="new-1", active_builds=None, ready=False))
+    held = decide(Observation(current_replicas=5, pods=idle), _pool(), _empty(_pool()), now=10_000)
+    assert 5 == held.desired_replicas
+
+
+def test_repeated_scale_ups_with_starting_pods_converge_instead_of_running_away() -> None:
+    pool = _pool()
+    history = _empty(pool)
+    current = 2
+    for cycle in range(20):
+        # the two original pods hold 3 builds each; every pod added since is still starting
+        pods = (*_pods(3, 3), *(PodView(name=f"new-{i}", active_builds=None, ready=False) for i in range(current - 2)))
+        decision = decide(Observation(current_replicas=current, pods=pods), pool, history, now=cycle * 5.0)
+        history = history.record(cycle * 5.0, decision.recommendation)
+        if decision.desired_replicas != current:
+            history = history.scaled(cycle * 5.0, current, decision.desired_replicas)
+            current = decision.desired_replicas
+    assert 4 == current
