@@ -341,9 +341,32 @@ class Controller:
                 return f"HorizontalPodAutoscaler {hpa.metadata.name} also targets deployments/{pool.deployment}"
         return None
 
+    async def _retry_selector(self, state: PoolState) -> None:
+        """A selector that could not be read when the config was applied is tried again each cycle."""
+        pool = state.pool
+        try:
+            labels = await self.kube.deployment_selector(pool.namespace, pool.deployment)
+        except KubeError as e:
+            log.warning("pool_selector_unreadable", pool=pool.name, error=str(e), retry="next cycle")
+            return
+        selector = selector_string(labels)
+        if not selector:
+            return
+        state.pods = WatchCache(
+            list_call=self.kube.core.list_namespaced_pod,
+            namespace=pool.namespace,
+            label_selector=selector,
+            what="pods",
+        )
+        self._start_cache(state.pods)
+        state.refused = None
+        log.info("pool_selector_read", pool=pool.name, selector=selector)
+
     async def _cycle_pool(self, state: PoolState) -> Decision | None:
         pool = state.pool
         name = pool.name
+        if state.refused is not None and not state.pods.label_selector:
+            await self._retry_selector(state)
         refused = state.refused or self._hpa_conflict(pool)
         if refused is not None:
             self.metrics.pool_refused.labels(pool=name).set(1)

@@ -213,6 +213,8 @@ async def settle(controller: Controller, fleet: Fleet) -> None:
     await fleet.reconcile()
     want = {p["metadata"]["name"] for p in fleet.pods()}
     for state in controller.pools.values():
+        if not state.pods.label_selector:
+            continue  # a refused pool: its cache never started
         await asyncio.wait_for(state.pods.synced.wait(), 10)
         for _ in range(200):
             if set(state.pods.objects) == want:
@@ -512,3 +514,28 @@ async def test_a_pool_refused_for_an_hpa_resumes_when_the_hpa_goes_and_is_refuse
     await step(controller, fleet)
     assert 2 == len(events(fleet.k8s, "PoolRefused"))
     assert 1.0 == sample(controller, "buildkit_autoscaler_pool_refused", pool="amd64")
+
+
+async def test_a_deployment_selector_unreadable_at_config_time_is_read_again_next_cycle(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    # the pool takes the Deployment's own selector; the first read of the Deployment fails
+    fleet.k8s.put(
+        "configmaps",
+        NS,
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(selector=None)}},
+    )
+
+    def reads_the_deployment(request: Any) -> bool:
+        return request.method.value == "GET" and request.name == DEPLOY and request.subresource is None
+
+    fleet.k8s.handler[reads_the_deployment][:1] << 503
+    await fleet.reconcile()
+    controller = await controller_factory()
+    assert "its pod selector could not be read" == controller.pools["amd64"].refused
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    await step(controller, fleet)
+    assert controller.pools["amd64"].refused is None
+    assert 4 == fleet.replicas
