@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench proto clean
+.PHONY: test lint typecheck pytest demo demo-sidecar bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,12 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-## demo: the sidecar against a fake buildkitd with synthetic builds, then a drain
+## demo: replay a bundled day of CI builds against the shipped autoscaler config (no cluster needed)
 demo: $(STAMP)
+	$(BIN)/buildkit-autoscaler simulate --config deploy/config.yaml --trace bursty-ci-day --out out/demo
+
+## demo-sidecar: the real sidecar against a fake buildkitd: builds, a drain, SIGTERM
+demo-sidecar: $(STAMP)
 	$(BIN)/python -m tests.demo_sidecar
 
 ## bench: the benchmarks; writes BENCHMARKS.md

@@ -1,7 +1,9 @@
 """``buildkit-sidecar``: the command line and the process supervisor.
 
 ``buildkit-sidecar [run]`` follows buildkitd and serves the endpoints;
-``buildkit-sidecar drain`` is the matching client for a preStop hook.
+``buildkit-sidecar drain`` is the matching client for a preStop hook;
+``buildkit-sidecar export-trace`` writes the completed builds buildkitd still
+keeps as a simulator trace (partial: its history retention is limited).
 
 Signals only set a flag. The first SIGTERM/SIGINT begins (or joins) the drain;
 the process keeps serving until the drain ends, then exits 0, so a preStop
@@ -14,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 import structlog
@@ -25,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sidecar import endpoints, logs
+from sidecar.buildkit import BuildkitClient, BuildkitError, open_channel
 from sidecar.draining import Drainer
 from sidecar.following import Follower
 from sidecar.metrics import Metrics
@@ -174,7 +179,55 @@ def parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="give up after this long (default 3600: above the drain deadline)",
     )
+    export_cmd = commands.add_parser(
+        "export-trace",
+        allow_abbrev=False,
+        help="write the completed builds one buildkitd still keeps as a simulator trace (partial: see --help)",
+        description=(
+            "Read the completed builds this buildkitd still keeps in its history (ListenBuildHistory "
+            "without ActiveOnly, EarlyExit) and write them as a trace for `buildkit-autoscaler simulate` "
+            "(CSV: arch,start,duration_seconds; start in RFC 3339 from CreatedAt, duration from CompletedAt). "
+            "PARTIAL: buildkitd keeps a limited history (its history GC drops old records) in the pod, "
+            "and it is lost with the pod; one daemon also knows only its own builds. For the complete "
+            "record use `buildkit-autoscaler trace --from-logs` on the sidecars' build_completed log lines."
+        ),
+    )
+    export_cmd.add_argument("--buildkit-addr", default="unix:///run/buildkit/buildkitd.sock",
+                            help="buildkitd's control API: unix:///path or tcp://host:port")  # fmt: skip
+    export_cmd.add_argument("--tls-ca-cert", type=Path, default=None, help="CA bundle (tcp:// only)")
+    export_cmd.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mTLS")
+    export_cmd.add_argument("--tls-key", type=Path, default=None, help="client key for mTLS")
+    export_cmd.add_argument("--tls-server-name", default=None, help="name to verify the server certificate against")
+    export_cmd.add_argument("--arch", default=None, help="the arch column (default: asked from ListWorkers)")
+    export_cmd.add_argument("--out", default="-", help="where the trace goes (default standard output)")
+    export_cmd.add_argument("--timeout-seconds", type=float, default=60.0, help="deadline of the history read")
     return top
+
+
+async def export_trace(*, settings: Settings, arch: str | None, out: TextIO, timeout_seconds: float) -> int:
+    """Write the completed builds buildkitd keeps as trace rows. 0 written, 2 unreachable."""
+    channel = open_channel(settings)
+    try:
+        client = BuildkitClient(channel, rpc_timeout_seconds=timeout_seconds)
+        arch = arch or await client.arch() or "unknown"
+        rows = [
+            (r.created_at, (r.completed_at - r.created_at).total_seconds())
+            async for r in client.history()
+            if r.created_at is not None and r.completed_at is not None
+        ]
+    except BuildkitError as e:
+        print(f"buildkit-sidecar export-trace: {settings.buildkit_addr}: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    finally:
+        await channel.close(grace=None)
+    rows.sort()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("arch", "start", "duration_seconds"))
+    for started, seconds in rows:
+        start = started.isoformat().replace("+00:00", "Z")
+        writer.writerow((arch, start, f"{max(seconds, 0.001):.3f}".rstrip("0").rstrip(".")))
+    print(f"{len(rows)} completed builds (partial: only what buildkitd still keeps)", file=sys.stderr)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +242,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"buildkit-sidecar drain: --token-file={args.token_file!r}: {e.strerror}", file=sys.stderr)
             return EXIT_STARTUP
         return asyncio.run(drain_client(url=args.admin_url, token=token, timeout_seconds=args.timeout_seconds))
+    if args.command == "export-trace":
+        export = Settings(
+            buildkit_addr=args.buildkit_addr,
+            tls_ca_cert=args.tls_ca_cert,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_server_name=args.tls_server_name,
+        )
+        with contextlib.ExitStack() as files:
+            out = sys.stdout if args.out == "-" else files.enter_context(open(args.out, "w", newline=""))
+            return asyncio.run(
+                export_trace(settings=export, arch=args.arch, out=out, timeout_seconds=args.timeout_seconds)
+            )
     try:
         settings = from_sources(args)
     except SettingsError as e:

@@ -1,0 +1,148 @@
+"""The simulator's outputs: the terminal table, ``report.json``, the chart, the comparison.
+
+The chart is drawn with matplotlib's object API on the Agg canvas (no pyplot,
+no display, no global figure state), so it works on a headless machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from autoscaler.simulation import Metrics, Report, Run
+
+FIELDS: tuple[tuple[str, str], ...] = (
+    ("builder_seconds", "builder-seconds (cost)"),
+    ("lower_bound_builder_seconds", "lower bound"),
+    ("efficiency", "efficiency"),
+    ("slowdown_p50", "slowdown p50"),
+    ("slowdown_p95", "slowdown p95"),
+    ("slowdown_max", "slowdown max"),
+    ("waited_builds", "builds that waited"),
+    ("wait_p95_seconds", "wait p95 (s)"),
+    ("wait_max_seconds", "wait max (s)"),
+    ("overloaded_builder_seconds", "overloaded builder-seconds"),
+    ("scale_events", "scale events"),
+    ("peak_replicas", "peak replicas"),
+    ("interrupted_builds", "interrupted builds"),
+)
+"""``report.json``'s metric keys, in table order, with their table labels."""
+
+
+def cell(key: str, value: float | int | None) -> str:
+    """One value as the table prints it."""
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if key.endswith("builder_seconds") or key == "builder_seconds":
+        return f"{value:,.0f}"
+    if key.endswith("_seconds"):
+        return f"{value:,.1f}"
+    return f"{value:.3f}"
+
+
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        first = row[0].ljust(widths[0])
+        rest = [value.rjust(width) for value, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join([first, *rest]).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def table(report: Report) -> str:
+    """Each pool, the total, and the two baselines' totals, metric by metric."""
+    columns: list[tuple[str, Metrics]] = [(name, run.metrics) for name, run in report.run.pools.items()]
+    columns += [("total", report.run.total), ("static_peak", report.static_peak.total)]
+    columns.append(("hpa_default", report.hpa_default.total))
+    rows = [[label, *(cell(key, m.as_dict()[key]) for _, m in columns)] for key, label in FIELDS]
+    return _render(["metric", *(name for name, _ in columns)], rows)
+
+
+def _change(key: str, a: float | int | None, b: float | int | None) -> str:
+    if a is None or b is None:
+        return "–"
+    delta = b - a
+    text = cell(key, delta) if isinstance(delta, int) else cell(key, float(delta))
+    if delta > 0:
+        text = "+" + text
+    if a and key in ("builder_seconds", "overloaded_builder_seconds"):
+        text += f" ({delta / a:+.1%})"
+    return text
+
+
+def comparison(a: Report, b: Report, *, names: tuple[str, str]) -> str:
+    """The same trace under two configs: the totals and each pool's, with B − A."""
+    scopes: list[tuple[str, Metrics, Metrics]] = [("total", a.run.total, b.run.total)]
+    for name, pool_run in a.run.pools.items():
+        other = b.run.pools.get(name)
+        if other is not None:
+            scopes.append((f"pool {name}", pool_run.metrics, other.metrics))
+    parts = []
+    for scope, ma, mb in scopes:
+        da, db = ma.as_dict(), mb.as_dict()
+        rows = [
+            [label, cell(key, da[key]), cell(key, db[key]), _change(key, da[key], db[key])] for key, label in FIELDS
+        ]
+        parts.append(_render([scope, names[0], names[1], "change (B − A)"], rows))
+    only = sorted(set(b.run.pools) - set(a.run.pools))
+    if only:
+        parts.append(f"pools only in {names[1]}: {', '.join(only)}\n")
+    return "\n".join(parts)
+
+
+def write_json(report: Report, path: Path) -> None:
+    """``report.json``: ``{"pools": {name: M}, "total": M, "baselines": {"static_peak": M, "hpa_default": M}}``."""
+    path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def chart(run: Run, path: Path, *, title: str) -> None:
+    """One panel per pool: active builds and full-speed capacity (builds), replicas (right
+    axis) over time, each scale marked (▲ up, ▼ down)."""
+    pools = [(r, r.series) for r in run.pools.values() if r.series is not None]
+    figure = Figure(figsize=(12, 3.2 * max(1, len(pools))), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(max(1, len(pools)), 1, sharex=True, squeeze=False)[:, 0]
+    hours = run.span_seconds > 4 * 3600
+    scale = 3600.0 if hours else 60.0
+    end = run.span_seconds / scale
+    for ax, (pool_run, series) in zip(axes, pools, strict=False):
+        times = [t / scale for t in series.times] + [end]
+        ax.step(times, [*series.active_builds, series.active_builds[-1]], where="post", label="active builds",
+                color="tab:blue", linewidth=0.8)  # fmt: skip
+        ax.step(times, [*series.capacity, series.capacity[-1]], where="post", label="capacity (ready × builds each)",
+                color="tab:green", linewidth=0.8, alpha=0.8)  # fmt: skip
+        ax.set_ylabel("builds")
+        ax.set_title(f"pool {pool_run.name} ({pool_run.arch}): {pool_run.metrics.scale_events} scale events")
+        replicas = ax.twinx()
+        replicas.step(times, [*series.replicas, series.replicas[-1]], where="post", label="replicas",
+                      color="tab:orange", linewidth=1.0)  # fmt: skip
+        ups: tuple[list[float], list[int]] = ([], [])
+        downs: tuple[list[float], list[int]] = ([], [])
+        last = pool_run.scales[0][1]
+        for at, to in zip(series.scale_times, series.scale_to, strict=True):
+            target = ups if to > last else downs
+            target[0].append(at / scale)
+            target[1].append(to)
+            last = to
+        replicas.scatter(ups[0], ups[1], marker="^", s=12, color="tab:red", label="scale up", zorder=3)
+        replicas.scatter(downs[0], downs[1], marker="v", s=12, color="tab:purple", label="scale down", zorder=3)
+        replicas.set_ylabel(f"replicas (× {pool_run.capacity} builds each)")
+        # One scale for both axes (a replica carries ``capacity`` builds), head-room for the legend.
+        busiest, most = max(series.active_builds), max(series.replicas) * pool_run.capacity
+        top = 1.3 * max(busiest, most, 1)
+        ax.set_ylim(0, top)
+        replicas.set_ylim(0, top / pool_run.capacity)
+        handles, labels = ax.get_legend_handles_labels()
+        more_handles, more_labels = replicas.get_legend_handles_labels()
+        ax.legend(handles + more_handles, labels + more_labels, loc="upper left", fontsize="small", ncols=5)
+    axes[-1].set_xlabel("hours since the trace's start" if hours else "minutes since the trace's start")
+    figure.suptitle(title)
+    figure.savefig(path, format="png")
