@@ -33,9 +33,12 @@ demo: $(STAMP)
 demo-sidecar: $(STAMP)
 	$(BIN)/python -m tests.demo_sidecar
 
-## bench: the benchmarks; writes BENCHMARKS.md
+## bench: the benchmarks (sidecar, autoscaler, simulator); writes BENCHMARKS.md
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --out BENCHMARKS.md
+	$(BIN)/python -m bench.run --out BENCHMARKS.md; status=$$?; \
+	$(BIN)/python -m bench.simulate_bench --out bench/SIMULATION.md && \
+	{ echo; cat bench/SIMULATION.md; } >> BENCHMARKS.md; \
+	exit $$status
 
 ## proto: regenerate sidecar/protocol from proto/
 proto: $(STAMP)

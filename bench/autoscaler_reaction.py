@@ -256,10 +256,11 @@ def section(result: Reaction, *, at_least_10: bool) -> Section:
         "A cycle already running when the surge starts sees part of it (the pods it has not read yet) "
         "and scales up at once: such trials are short. The PATCH counted is the first scale PATCH after "
         "the surge, whatever replicas it asks for.",
-        "The controller writes the disruption annotations (`karpenter.sh/do-not-disrupt`, "
-        "`cluster-autoscaler.kubernetes.io/safe-to-evict`) of every pod that became busy, one PATCH at a "
-        "time, before it patches the scale: the rows above show how many and how long. Against a real API "
-        "server each of those PATCHes is a write to etcd, slower than this in-process fake.",
+        "The controller patches the scale first and only then writes the disruption annotations "
+        "(`karpenter.sh/do-not-disrupt`, `cluster-autoscaler.kubernetes.io/safe-to-evict`) of the pods that "
+        "became busy, 16 PATCHes at a time: the rows above count any pod PATCH that still precedes the "
+        "scale PATCH (before that change, 137-200 of them, sent one at a time, took up to 0.6 s and the "
+        "reaction missed its target).",
     )
     return Section(
         title="6. Autoscaler: reaction to a surge",
