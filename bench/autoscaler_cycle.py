@@ -220,8 +220,8 @@ def section(result: CycleResult) -> Section:
         "the machine's cores, so on a machine with few cores the fakes' work also stretches the "
         "controller's wall time.",
         "The first cycle is not steady: it puts `karpenter.sh/do-not-disrupt` and "
-        "`cluster-autoscaler.kubernetes.io/safe-to-evict` on every busy pod, one PATCH per pod, in "
-        "sequence.",
+        "`cluster-autoscaler.kubernetes.io/safe-to-evict` on every busy pod, one PATCH per pod, 16 "
+        "at a time.",
         "Each pod's `/status` has its own keep-alive connection: between cycles the controller keeps one "
         "idle socket per pod (the open file descriptors above).",
     )
