@@ -49,7 +49,7 @@ import aiohttp
 import structlog
 
 from autoscaler.config import Pool, PrometheusSource
-from autoscaler.status import SidecarStatus, Unreadable
+from autoscaler.status import SidecarStatus, Unreadable, read_bounded
 
 log = structlog.get_logger("autoscaler.prometheus")
 
@@ -77,6 +77,8 @@ def parse_response(body: bytes) -> dict[str, SidecarStatus | Unreadable]:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise PrometheusError(f"not JSON: {e}") from e
+    except RecursionError as e:  # deep nesting ([[[[...) within the size limit
+        raise PrometheusError("not JSON: nested too deeply") from e
     if not isinstance(raw, dict):
         raise PrometheusError("not a JSON object")
     if raw.get("status") != "success":
@@ -151,7 +153,7 @@ async def query(
             asyncio.timeout(timeout_seconds),
             session.get(endpoint, params=params, allow_redirects=False) as response,
         ):
-            body = await response.content.read(MAX_RESPONSE_BYTES + 1)
+            body = await read_bounded(response.content, limit=MAX_RESPONSE_BYTES)
             status = response.status
     except TimeoutError as e:
         raise PrometheusError(f"no answer within {timeout_seconds:g} s") from e
@@ -163,7 +165,7 @@ async def query(
         # Prometheus explains 400/422/503 in a JSON body; a proxy's HTML page says nothing useful.
         try:
             raw = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raw = None
         detail = f": {_error_text(raw)}" if isinstance(raw, dict) and raw.get("error") else ""
         raise PrometheusError(f"HTTP {status}{detail}")

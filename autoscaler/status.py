@@ -81,6 +81,8 @@ def parse_status(body: bytes) -> SidecarStatus:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise StatusError(f"not JSON: {e}") from e
+    except RecursionError as e:  # deep nesting ([[[[...) within the size limit
+        raise StatusError("not JSON: nested too deeply") from e
     if not isinstance(raw, dict):
         raise StatusError("not a JSON object")
     version = raw.get("version")
@@ -104,6 +106,19 @@ def parse_status(body: bytes) -> SidecarStatus:
     )
 
 
+async def read_bounded(content: aiohttp.StreamReader, *, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes if it is longer (the caller
+    refuses those). ``StreamReader.read(n)`` alone returns only what has arrived
+    so far, which cuts a body that comes in several pieces."""
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 async def fetch_one(session: aiohttp.ClientSession, *, url: str, timeout_seconds: float) -> SidecarStatus | Unreadable:
     """GET one ``/status``; never raises for anything the network or the sidecar does."""
     try:
@@ -113,7 +128,7 @@ async def fetch_one(session: aiohttp.ClientSession, *, url: str, timeout_seconds
         ):
             if response.status != 200:
                 return Unreadable(f"HTTP {response.status}")
-            body = await response.content.read(MAX_STATUS_BYTES + 1)
+            body = await read_bounded(response.content, limit=MAX_STATUS_BYTES)
         return parse_status(body)
     except StatusError as e:
         return Unreadable(str(e), version_mismatch=e.version_mismatch)

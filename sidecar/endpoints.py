@@ -32,6 +32,9 @@ log = structlog.get_logger("sidecar.endpoints")
 STATUS_VERSION = 1
 MAX_BODY_BYTES = 16 * 1024
 """Nothing here takes a body larger than a tiny JSON object."""
+BODY_READ_SECONDS = 10.0
+"""A drain's body (empty, or a tiny JSON object) arrives with its headers; a
+client that trickles it is answered 408 instead of holding a handler."""
 
 STATE_KEY = web.AppKey("state", BuilderState)
 DRAINER_KEY = web.AppKey("drainer", Drainer)
@@ -123,7 +126,11 @@ async def _check_body(request: web.Request) -> web.Response | None:
     """POST /drain takes no parameters: an empty body or a JSON object."""
     if not request.can_read_body:
         return None
-    raw = await request.read()  # bounded by client_max_size
+    try:
+        async with asyncio.timeout(BODY_READ_SECONDS):
+            raw = await request.read()  # bounded by client_max_size
+    except TimeoutError:
+        return _error(408, f"request body not received within {BODY_READ_SECONDS:g} s")
     if not raw.strip():
         return None
     try:
@@ -159,8 +166,10 @@ def _token_guard(token_file: Path, handler: Handler) -> Handler:
             return _error(503, "drain token file unreadable")
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        # compare_digest on bytes: constant time whatever the content.
-        if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        # compare_digest on bytes: constant time whatever the content. aiohttp decodes
+        # header bytes that are not UTF-8 as surrogates: encode them back, never raise.
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")
+        if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
             log.warning("drain_unauthorized", remote=request.remote)
             return web.json_response(
                 {"error": "missing or wrong bearer token"},

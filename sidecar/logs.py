@@ -16,6 +16,25 @@ import structlog
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+class AiohttpRecords(logging.Handler):
+    """aiohttp's own stdlib log records, as one JSON line each, without their text.
+
+    aiohttp logs a request it cannot parse with the parser's message and a
+    traceback; the message quotes the raw request line or header, which can be
+    an ``Authorization: Bearer`` line carrying the drain token. Only the
+    logger, the error's type and the client's address (``record.args``) are kept.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        structlog.get_logger(record.name).log(
+            record.levelno,
+            "http_server_error",
+            error=None if error is None else type(error).__name__,
+            remote=record.args[0] if isinstance(record.args, tuple) and record.args else None,
+        )
+
+
 def configure(level: str = "info") -> None:
     structlog.configure(
         processors=[
@@ -29,3 +48,7 @@ def configure(level: str = "info") -> None:
         logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
+    aiohttp_logger = logging.getLogger("aiohttp")
+    aiohttp_logger.handlers[:] = [AiohttpRecords()]
+    aiohttp_logger.setLevel(logging.WARNING)
+    aiohttp_logger.propagate = False

@@ -47,6 +47,25 @@ GRACEFUL_SHUTDOWN_SECONDS = 5.0
 """After the drain, how long in-flight HTTP requests get to finish (they
 already have their answer: this only covers writing it)."""
 
+IDLE_CONNECTION_SECONDS = 30.0
+"""A connection that has not sent a complete request within this long (since it
+opened, or since its last answer) is closed. aiohttp has no separate
+header-read timeout and defaults this to an hour, which lets slow or idle
+clients (slowloris) hold sockets; probes and scrapers send at once, and the
+autoscaler's client drops idle connections after 15 s. A request being
+handled (a drain that waits for builds) is never cut by it."""
+
+
+def http_runner(app: web.Application) -> web.AppRunner:
+    """The runner both listeners use, with the limits above."""
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=GRACEFUL_SHUTDOWN_SECONDS,
+        keepalive_timeout=IDLE_CONNECTION_SECONDS,
+    )
+
 
 class Sidecar:
     """All the parts of one sidecar process, wired together."""
@@ -82,9 +101,7 @@ class Sidecar:
         runners: list[web.AppRunner] = []
         try:
             for app, listen in ((self.public_app, self.settings.listen), (self.admin_app, self.settings.admin_listen)):
-                runner = web.AppRunner(
-                    app, handle_signals=False, access_log=None, shutdown_timeout=GRACEFUL_SHUTDOWN_SECONDS
-                )
+                runner = http_runner(app)
                 await runner.setup()
                 runners.append(runner)
                 host, port = host_port(listen)
