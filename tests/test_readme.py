@@ -65,3 +65,23 @@ def test_every_autoscaler_metric_has_a_readme_row() -> None:
     names = {f.name + ("_total" if f.type == "counter" else "") for f in registry.collect()}
     documented = {line.split("`")[1] for line in README.splitlines() if line.startswith("| `buildkit_autoscaler_")}
     assert names == documented
+
+
+def test_every_test_the_readme_names_exists() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?", README)
+    last_file = None
+    missing = []
+    for path, test in named:
+        last_file = root / path
+        if not last_file.exists():
+            missing.append(path)
+        elif test and f"def {test}(" not in last_file.read_text():
+            missing.append(f"{path}::{test}")
+    # `::name` right after a file refers to that file
+    for test in re.findall(r"`::(\w+)`", README):
+        if not any(f"def {test}(" in p.read_text() for p in (root / "tests").rglob("test_*.py")):
+            missing.append(f"::{test}")
+    assert [] == missing
