@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo demo-sidecar bench proto clean
+.PHONY: test lint typecheck pytest soak demo demo-sidecar bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## soak: the end-to-end fleet run, long: at least 500 scale-downs (tests/e2e; ~20 min)
+soak: $(STAMP)
+	E2E_MIN_SCALE_DOWNS=500 E2E_MIN_BUSY_SCALE_DOWNS=60 E2E_MIN_CYCLES=3000 E2E_MAX_SECONDS=2400 \
+		$(BIN)/pytest tests/e2e/test_no_build_lost.py -s
 
 ## demo: replay a bundled day of CI builds against the shipped autoscaler config (no cluster needed)
 demo: $(STAMP)
