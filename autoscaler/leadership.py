@@ -14,8 +14,10 @@ This one follows client-go's rules with the event loop's clock:
 * a leader that has not renewed for ``renew_deadline_seconds`` (shorter than
   the lease duration) stops acting before anyone else may take over.
 
-Takeover after a leader dies therefore takes at most the lease duration plus
-one retry period.
+Takeover after a leader dies takes, counted from its last renewal, the lease
+duration plus up to two retry periods: one until the follower first sees the
+record stop changing, one until its next attempt after the duration (measured
+in the end-to-end run: 18.0 s with 15 s and 2 s).
 """
 
 from __future__ import annotations
