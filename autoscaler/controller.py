@@ -281,6 +281,24 @@ class Controller:
             self.metrics.max_replicas.labels(pool=state.pool.name).set(state.pool.max_replicas)
         log.info("config_applied", version=version, pools=[p.name for p in config.pools], at=now)
 
+    async def _check_deployments_exist(self, config: Config) -> None:
+        """Refuse an edit naming a Deployment that does not exist (a typo'd pool).
+
+        Only a definite 404 refuses; any other failure lets the edit through (the
+        cycle then reports the pool), so a flaky API server cannot block a fix.
+        Not applied at start-up: the Deployments may simply not be created yet.
+        """
+        errors = []
+        for index, pool in enumerate(config.pools):
+            try:
+                await self.kube.read_scale(pool.namespace, pool.deployment)
+            except KubeError as e:
+                if e.not_found:
+                    where = f"deployments/{pool.deployment} not found in namespace {pool.namespace}"
+                    errors.append(f"pools[{index}].deployment: {where}")
+        if errors:
+            raise ConfigError(errors)
+
     async def _reload_config(self) -> None:
         """Apply a changed ConfigMap, or refuse it and keep the last good one."""
         obj = self._configmap.objects.get(self.settings.config_name)
@@ -289,6 +307,7 @@ class Controller:
         version = obj.metadata.resource_version
         try:
             config = load_configmap_data(obj.data)
+            await self._check_deployments_exist(config)
         except ConfigError as e:
             self._config_version = version  # refuse each bad version once
             self.metrics.config_errors.inc()

@@ -539,3 +539,20 @@ async def test_a_deployment_selector_unreadable_at_config_time_is_read_again_nex
     await step(controller, fleet)
     assert controller.pools["amd64"].refused is None
     assert 4 == fleet.replicas
+
+
+async def test_an_edit_naming_a_deployment_that_does_not_exist_is_refused_and_the_last_good_kept(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    typo = config_yaml(deployment="buildkitd-amd46")
+    fleet.k8s.put("configmaps", NS, {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": typo}})
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    refused = events(fleet.k8s, "InvalidConfig")
+    assert 1 == len(refused)
+    assert "pools[0].deployment: deployments/buildkitd-amd46 not found" in refused[0]["message"]
+    assert DEPLOY == controller.pools["amd64"].pool.deployment  # the last good config still scales
+    assert 4 == fleet.replicas
