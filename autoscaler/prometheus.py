@@ -49,7 +49,7 @@ import aiohttp
 import structlog
 
 from autoscaler.config import Pool, PrometheusSource
-from autoscaler.status import SidecarStatus, Unreadable, read_bounded
+from autoscaler.status import SidecarStatus, Unreadable, json_object, read_bounded
 
 log = structlog.get_logger("autoscaler.prometheus")
 
@@ -74,13 +74,9 @@ def parse_response(body: bytes) -> dict[str, SidecarStatus | Unreadable]:
     """Parse an instant query's JSON into pod name -> status; raise :class:`PrometheusError`
     when the answer as a whole is unusable."""
     try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise PrometheusError(f"not JSON: {e}") from e
-    except RecursionError as e:  # deep nesting ([[[[...) within the size limit
-        raise PrometheusError("not JSON: nested too deeply") from e
-    if not isinstance(raw, dict):
-        raise PrometheusError("not a JSON object")
+        raw = json_object(body)
+    except ValueError as e:
+        raise PrometheusError(str(e)) from e
     if raw.get("status") != "success":
         raise PrometheusError(_error_text(raw))
     data = raw.get("data")

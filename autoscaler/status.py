@@ -17,6 +17,7 @@ import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import structlog
@@ -73,18 +74,27 @@ class StatusError(ValueError):
         self.version_mismatch = version_mismatch
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """Decode a JSON object, or raise ValueError saying why not (deep nesting included)."""
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"not JSON: {e}") from e
+    except RecursionError as e:  # deep nesting ([[[[...) within the size limit
+        raise ValueError("not JSON: nested too deeply") from e
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    return raw
+
+
 def parse_status(body: bytes) -> SidecarStatus:
     """Parse and check a ``/status`` body; raise :class:`StatusError` saying what is wrong."""
     if len(body) > MAX_STATUS_BYTES:
         raise StatusError(f"body of {len(body)} bytes exceeds {MAX_STATUS_BYTES}")
     try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StatusError(f"not JSON: {e}") from e
-    except RecursionError as e:  # deep nesting ([[[[...) within the size limit
-        raise StatusError("not JSON: nested too deeply") from e
-    if not isinstance(raw, dict):
-        raise StatusError("not a JSON object")
+        raw = json_object(body)
+    except ValueError as e:
+        raise StatusError(str(e)) from e
     version = raw.get("version")
     if version != SUPPORTED_VERSION:
         raise StatusError(
