@@ -50,7 +50,10 @@ class Backoff:
 
     def next_delay(self) -> float:
         ceiling = min(self.cap, self.initial * 2.0**self.failures)
-        self.failures += 1
+        if ceiling < self.cap:
+            # Stop counting once at the cap: 2.0**1024 overflows, which a
+            # daemon down for hours (about 1,000 attempts) would otherwise reach.
+            self.failures += 1
         # Never below a tenth of the initial delay: a tight loop helps nobody.
         return max(self.initial / 10, self._rng.uniform(0, ceiling))
 

@@ -10,12 +10,14 @@ import asyncio
 import base64
 import json
 import math
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from sidecar.buildkit import go_arch
+from sidecar.following import Backoff
 from sidecar.protocol import control_pb2
 from sidecar.state import Loss
 from tests.conftest import Running
@@ -504,3 +506,14 @@ async def test_recorded_session_replayed_through_the_follower_counts_each_build_
         "buildkit_sidecar_build_duration_seconds_bucket", arch="amd64", result="failed", le="5.0"
     )
     assert sidecar.sample("buildkit_sidecar_builds_vanished_total", arch="amd64") is None
+
+
+def test_backoff_stays_at_its_cap_however_long_buildkitd_stays_down() -> None:
+    # found by the end-to-end run: after ~1,000 refused attempts 2.0**n overflowed
+    # and the follower (so the sidecar) died
+    backoff = Backoff(initial=0.1, cap=1.0, rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(5000)]
+    assert max(delays) <= 1.0
+    assert min(delays) >= 0.01
+    backoff.reset()
+    assert backoff.next_delay() <= 0.1
