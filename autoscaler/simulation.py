@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from autoscaler.config import Config, Pool, ScaleDownRules, ScaleUpRules
 from autoscaler.controller import deletion_cost
@@ -599,15 +599,7 @@ class _PoolSim:
         build_seconds = math.fsum(durations)
         lower = build_seconds / self.capacity
         metrics = Metrics(
-            builder_seconds=cost,
-            lower_bound_builder_seconds=lower,
-            efficiency=lower / cost if cost > 0 else None,
-            slowdown_p50=percentile(slowdowns, 50),
-            slowdown_p95=percentile(slowdowns, 95),
-            slowdown_max=slowdowns[-1] if slowdowns else None,
-            waited_builds=len(waits),
-            wait_p95_seconds=percentile(waits, 95) or 0.0,
-            wait_max_seconds=waits[-1] if waits else 0.0,
+            **_cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
             overloaded_builder_seconds=overloaded,
             scale_events=self.scale_events,
             peak_replicas=max(r for _, r in self.scales),
@@ -724,21 +716,28 @@ def run(
     return Run(pools=pools, total=_total(list(pools.values())), span_seconds=end)
 
 
+def _cost_and_delays(*, cost: float, lower: float, slowdowns: list[float], waits: list[float]) -> dict[str, Any]:
+    """The Metrics fields derived the same way for a pool and for the total (both lists sorted)."""
+    return {
+        "builder_seconds": cost,
+        "lower_bound_builder_seconds": lower,
+        "efficiency": lower / cost if cost > 0 else None,
+        "slowdown_p50": percentile(slowdowns, 50),
+        "slowdown_p95": percentile(slowdowns, 95),
+        "slowdown_max": slowdowns[-1] if slowdowns else None,
+        "waited_builds": len(waits),
+        "wait_p95_seconds": percentile(waits, 95) or 0.0,
+        "wait_max_seconds": waits[-1] if waits else 0.0,
+    }
+
+
 def _total(runs: Sequence[PoolRun]) -> Metrics:
     slowdowns = sorted(s for r in runs for s in r.slowdowns)
     waits = sorted(w for r in runs for w in r.waits)
     cost = sum(r.metrics.builder_seconds for r in runs)
     lower = sum(r.metrics.lower_bound_builder_seconds for r in runs)
     return Metrics(
-        builder_seconds=cost,
-        lower_bound_builder_seconds=lower,
-        efficiency=lower / cost if cost > 0 else None,
-        slowdown_p50=percentile(slowdowns, 50),
-        slowdown_p95=percentile(slowdowns, 95),
-        slowdown_max=slowdowns[-1] if slowdowns else None,
-        waited_builds=len(waits),
-        wait_p95_seconds=percentile(waits, 95) or 0.0,
-        wait_max_seconds=waits[-1] if waits else 0.0,
+        **_cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
         overloaded_builder_seconds=sum(r.metrics.overloaded_builder_seconds for r in runs),
         scale_events=sum(r.metrics.scale_events for r in runs),
         peak_replicas=_peak_of_sum(runs),

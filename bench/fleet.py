@@ -34,7 +34,7 @@ from autoscaler.controller import Controller, RunSettings
 from autoscaler.kube import Kube
 from autoscaler.metrics import Metrics
 from bench.harness import BenchError, loop_time, read_cpu_seconds
-from sidecar.logs import LEVELS
+from sidecar.logs import LEVELS, processors
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "deploy" / "config.yaml"
@@ -273,13 +273,7 @@ def logging_to(path: Path, level: str = "info") -> Iterator[None]:
     """
     with path.open("a") as log_file:
         structlog.configure(
-            processors=[
-                structlog.contextvars.merge_contextvars,
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.dict_tracebacks,
-                structlog.processors.JSONRenderer(),
-            ],
+            processors=processors(),
             wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
             logger_factory=structlog.WriteLoggerFactory(file=log_file),
             cache_logger_on_first_use=False,
