@@ -96,6 +96,14 @@ class FleetModel:
     """The pods a pool keeps when idle are ready at second 0 (a running fleet). False: they
     are created at second 0 and ready after ``startup_seconds`` (a fresh cluster)."""
 
+    admission: bool = False
+    """True: a builder at capacity takes no new build, as if it left the balancer the instant it
+    filled (an *ideal* load-aware readiness); a build that finds every ready builder full waits,
+    in arrival order, for a free slot. No part of the fleet does this today: it is a bound for
+    ``bench/frontier.py`` (what the best balancer could give), not on the command line. The
+    waiting builds are invisible to the controller, so a pool with ``spareReplicas`` 0 does
+    not grow for them: they wait for running builds to end."""
+
     def capacity_of(self, pool: Pool) -> int:
         return self.capacity if self.capacity is not None else pool.target_builds_per_replica
 
@@ -381,8 +389,19 @@ class _PoolSim:
         pod.view = None
         self.observation = None
         self.serving.append(pod)
-        while self.waiting:
-            self._route(self.waiting.popleft(), now)
+        self._dispatch_waiting(now)
+
+    def _dispatch_waiting(self, now: float) -> None:
+        """Route waiting builds, oldest first, while a ready builder takes them."""
+        waiting = self.waiting
+        while waiting and self._open(self.serving):
+            self._route(waiting.popleft(), now)
+
+    def _open(self, serving: list[_Pod]) -> list[_Pod]:
+        """The ready builders a new build may go to."""
+        if not self.model.admission:
+            return serving
+        return [p for p in serving if len(p.builds) < self.capacity]
 
     def _delete(self, pod: _Pod, now: float) -> None:
         pod.state = _GONE
@@ -395,7 +414,7 @@ class _PoolSim:
         self.observation = None
 
     def _route(self, build: int, now: float) -> None:
-        serving = self.serving
+        serving = self._open(self.serving)
         if not serving:
             self.waiting.append(build)
             return
@@ -423,6 +442,8 @@ class _PoolSim:
             self._delete(pod, now)
         else:
             self._schedule_end(pod)
+            if self.waiting and pod.state == _SERVING:
+                self._dispatch_waiting(now)
 
     def _deadline(self, pod: _Pod, now: float) -> None:
         pod.advance(now)

@@ -1,5 +1,6 @@
 """The simulator's benchmark: speed on a week of 100k builds, and the shipped config on the
-bundled traces next to both baselines. Writes a markdown section (default bench/SIMULATION.md).
+bundled traces next to both baselines, and the sweep of :mod:`bench.frontier` (can any config
+meet the bursty day's targets?). Writes a markdown section (default bench/SIMULATION.md).
 
     .venv/bin/python -m bench.simulate_bench [--out bench/SIMULATION.md]
 """
@@ -18,6 +19,8 @@ from autoscaler.config import Config, load_config
 from autoscaler.simulation import FleetModel, Metrics, Report, simulate
 from autoscaler.trace import Build, Trace, parse
 from autoscaler.traces.generate import week
+from bench.frontier import measure as frontier_section
+from bench.report import Machine
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "config.yaml"
@@ -111,28 +114,6 @@ def bundled(config: Config) -> tuple[list[str], Report | None]:
     return lines, bursty
 
 
-def why(config: Config) -> list[str]:
-    """The efficiency and slowdown targets against what routing allows (measured, not argued)."""
-    trace = parse(traces.bundled()["bursty-ci-day.csv"].read_text(encoding="utf-8"))
-    lines = [
-        "Why efficiency ≥ 0.7 with slowdown p95 ≤ 1.25 is out of reach here: a layer-4 balancer routes "
-        "blindly, so at any fleet size some builders get three or more builds while others idle; even "
-        "`static_peak`, at a quarter of the config's efficiency, has slowdown p95 > 1.25. No threshold in "
-        "the config changes where builds land; least-connections routing (IPVS `lc`) does:",
-        "",
-        "| bursty-ci-day, routing | builder-hours | efficiency | slowdown p95 | interrupted |",
-        "|---|---|---|---|---|",
-    ]
-    for routing in ("random", "least-connections"):
-        report = simulate(config, trace, model=FleetModel(routing=routing))
-        for name, m in (("shipped config", report.run.total), ("static_peak", report.static_peak.total)):
-            lines.append(
-                f"| {routing}: {name} | {m.builder_seconds / 3600:,.1f} | {_f(m.efficiency)} | "
-                f"{_f(m.slowdown_p95, 2)} | {m.interrupted_builds} |"
-            )
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "SIMULATION.md")
@@ -142,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## What-if simulator (`buildkit-autoscaler simulate`)",
         "",
-        f"Measured on {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.python_implementation()} "
+        f"{platform.python_version()}, {Machine.here().cpu}, {os.cpu_count()} CPUs, "
         "with `.venv/bin/python -m bench.simulate_bench`.",
         "",
         "### Speed: one week, 100k builds",
@@ -159,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         *table,
     ]
     if bursty is not None:
-        lines += ["", "### Targets on the bursty CI day", "", *targets(bursty), "", *why(config)]
+        lines += ["", "### Targets on the bursty CI day", "", *targets(bursty)]
+    lines += ["", *frontier_section(config)]
     text = "\n".join(lines) + "\n"
     args.out.write_text(text, encoding="utf-8")
     sys.stdout.write(text)

@@ -129,6 +129,29 @@ def test_idle_pods_are_removed_before_busy_ones() -> None:
     assert [] == check_invariants(config, result)
 
 
+def test_admission_makes_a_build_wait_for_a_free_slot_instead_of_sharing() -> None:
+    config = pool_config(max_replicas=1, spare=1)
+    trace = trace_of((0, 100), (10, 50))
+    # Sharing: from 10 s both run at half speed; the second ends at 110, the first at 150.
+    shared = run(config, trace, model=FleetModel(startup_seconds=0)).pools["amd64"]
+    assert [150 / 100, 100 / 50] == shared.slowdowns
+    assert 100 == shared.metrics.overloaded_builder_seconds
+    # Admission: the second waits for the first (90 s), then runs alone: ends at 150.
+    gated = run(config, trace, model=FleetModel(startup_seconds=0, admission=True)).pools["amd64"]
+    assert [1.0, 140 / 50] == gated.slowdowns
+    assert [90.0] == gated.waits
+    assert 0 == gated.metrics.overloaded_builder_seconds
+
+
+def test_admission_without_a_spare_builder_does_not_grow_for_a_waiting_build() -> None:
+    # The controller sees a full builder only (the waiting build is invisible): room for 3
+    # builders, yet the second build waits for the first to end.
+    config = pool_config(max_replicas=3, target=1, spare=0)
+    gated = run(config, trace_of((0, 100), (10, 50)), model=FleetModel(admission=True)).pools["amd64"]
+    assert [90.0] == gated.waits
+    assert 1 == gated.metrics.peak_replicas
+
+
 def test_a_trace_arch_without_a_pool_is_refused() -> None:
     with pytest.raises(SimulationError, match="arm64, which no pool serves"):
         run(pool_config(), trace_of((0, 10), arch="arm64"), model=FleetModel())
@@ -137,7 +160,9 @@ def test_a_trace_arch_without_a_pool_is_refused() -> None:
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[Config, Trace, FleetModel]:
     min_replicas = draw(st.integers(0, 2))
-    spare = draw(st.integers(1 if min_replicas == 0 else 0, 2))
+    admission = draw(st.booleans())
+    # Waiting builds are invisible to the controller: admission needs a spare builder to grow.
+    spare = draw(st.integers(1 if min_replicas == 0 or admission else 0, 2))
     config = pool_config(
         poll=draw(st.sampled_from([1, 5, 15])),
         min_replicas=min_replicas,
@@ -171,6 +196,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Config, Trace, FleetModel]:
         drain_timeout_seconds=draw(st.sampled_from([10.0, 600.0, 3300.0])),
         warm_start=draw(st.booleans()),
         seed=draw(st.integers(0, 5)),
+        admission=admission,
     )
     return config, trace, model
 
@@ -187,6 +213,8 @@ def test_random_traces_never_break_the_invariants(scenario: tuple[Config, Trace,
         assert m.interrupted_builds <= len(trace.builds)
         assert m.slowdown_max is None or m.slowdown_max >= 1 - 1e-9
         assert 0 <= m.overloaded_builder_seconds <= m.builder_seconds + 1e-6
+        if model.admission:
+            assert 0 == m.overloaded_builder_seconds
         assert len(trace.builds) == result.pools["amd64"].ended
 
 

@@ -1,0 +1,229 @@
+"""Can any config meet issue 4's targets on the bursty CI day? A sweep, not an argument.
+
+The targets (for the shipped config on ``bursty-ci-day``): efficiency ≥ 0.7 *and* slowdown
+p95 ≤ 1.25 with 0 interrupted builds. This runs the simulator over a grid of the knobs that
+trade one against the other, under three balancers:
+
+* ``random``: the issue's default fleet model (a layer-4 balancer spreads connections);
+* ``least-connections``: IPVS ``lc`` or any balancer that counts open connections;
+* ``ideal admission``: random routing, but a full builder takes no new build at all and the
+  build waits for a free slot (:attr:`FleetModel.admission`): a bound on what load-aware
+  routing could give, not something the fleet does.
+
+Grid: targetBuildsPerReplica (which is also the simulated builder's capacity) 1–4,
+spareReplicas 0–6, the scale-down stabilization window 0–300 s, and scale-up of at most
++4 builders per 15 s (HPA's default, shipped) or +100 (no practical limit); every other
+field as shipped, maxReplicas raised so that the ceiling never binds. Writes a markdown
+section (default bench/FRONTIER.md)::
+
+    .venv/bin/python -m bench.frontier [--out bench/FRONTIER.md] [--jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoscaler import traces
+from autoscaler.config import Config, load_config
+from autoscaler.simulation import FleetModel, Routing, SimulationError, run
+from autoscaler.trace import Trace, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "deploy" / "config.yaml"
+TRACE = "bursty-ci-day.csv"
+EFFICIENCY_TARGET = 0.7
+SLOWDOWN_TARGET = 1.25
+
+TARGETS = (1, 2, 3, 4)
+SPARES = (0, 1, 2, 3, 4, 6)
+WINDOWS = (0.0, 60.0, 120.0, 300.0)
+SCALE_UP_PODS = (4, 100)
+CEILINGS = {"amd64": 80, "arm64": 40}
+"""Far above the trace's needs at any target: the sweep measures the policy, not the ceiling."""
+
+BALANCERS: dict[str, tuple[Routing, bool]] = {
+    "random": ("random", False),
+    "least-connections": ("least-connections", False),
+    "ideal admission": ("random", True),
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    balancer: str
+    target: int
+    spare: int
+    window: float
+    up_pods: int
+    efficiency: float
+    slowdown_p95: float
+    wait_p95: float
+    interrupted: int
+    builder_hours: float
+
+    @property
+    def knobs(self) -> str:
+        return f"target {self.target}, spare {self.spare}, down window {self.window:.0f} s, up +{self.up_pods}/15 s"
+
+    @property
+    def meets_slowdown(self) -> bool:
+        return self.slowdown_p95 <= SLOWDOWN_TARGET and self.interrupted == 0
+
+    @property
+    def meets_both(self) -> bool:
+        return self.meets_slowdown and self.efficiency >= EFFICIENCY_TARGET
+
+
+def variant(base: Config, *, target: int, spare: int, window: float, up_pods: int) -> Config:
+    pools = []
+    for pool in base.pools:
+        up = pool.scale_up.model_copy(
+            update={"policies": tuple(
+                p.model_copy(update={"value": up_pods}) if p.type == "Pods" else p for p in pool.scale_up.policies
+            )}
+        )  # fmt: skip
+        down = pool.scale_down.model_copy(update={"stabilization_window_seconds": window})
+        pools.append(
+            pool.model_copy(
+                update={
+                    "target_builds_per_replica": target,
+                    "spare_replicas": spare,
+                    "max_replicas": CEILINGS.get(pool.name, 80),
+                    "scale_up": up,
+                    "scale_down": down,
+                }
+            )
+        )
+    return base.model_copy(update={"pools": tuple(pools)})
+
+
+def _number(value: float | None) -> float:
+    """A metric that a run with builds always has."""
+    if value is None:
+        raise SimulationError("a run with builds has no efficiency or slowdown")
+    return value
+
+
+def _one(args: tuple[Config, Trace, str, int, int, float, int]) -> Point | None:
+    base, trace, balancer, target, spare, window, up_pods = args
+    routing, admission = BALANCERS[balancer]
+    config = variant(base, target=target, spare=spare, window=window, up_pods=up_pods)
+    try:
+        m = run(config, trace, model=FleetModel(routing=routing, admission=admission)).total
+    except SimulationError:
+        return None
+    return Point(
+        balancer=balancer,
+        target=target,
+        spare=spare,
+        window=window,
+        up_pods=up_pods,
+        efficiency=_number(m.efficiency),
+        slowdown_p95=_number(m.slowdown_p95),
+        wait_p95=m.wait_p95_seconds,
+        interrupted=m.interrupted_builds,
+        builder_hours=m.builder_seconds / 3600,
+    )
+
+
+def sweep(base: Config, trace: Trace, *, jobs: int) -> list[Point]:
+    grid = [
+        (base, trace, balancer, *knobs)
+        for balancer in BALANCERS
+        for knobs in itertools.product(TARGETS, SPARES, WINDOWS, SCALE_UP_PODS)
+    ]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return [p for p in pool.map(_one, grid, chunksize=4) if p is not None]
+
+
+LIMITS = (1.1, 1.25, 1.5, 2.0, 3.0, float("inf"))
+"""Slowdown p95 limits of the trade-off table."""
+
+
+def best_under(points: list[Point], limit: float) -> Point | None:
+    """The most efficient point with slowdown p95 ≤ ``limit`` and no interrupted build."""
+    fits = (p for p in points if p.slowdown_p95 <= limit and p.interrupted == 0)
+    return max(fits, key=lambda p: p.efficiency, default=None)
+
+
+def section(points: list[Point], *, shipped: str, seconds: float, runs: int) -> list[str]:
+    lines = [
+        "### Can any config meet the bursty-day targets? (`bench/frontier.py`)",
+        "",
+        f"{runs} simulations of `bursty-ci-day` ({seconds:.0f} s on {os.cpu_count()} CPUs): "
+        "targetBuildsPerReplica (= the simulated capacity) "
+        f"{', '.join(map(str, TARGETS))}; spareReplicas {', '.join(map(str, SPARES))}; scale-down window "
+        f"{', '.join(f'{w:.0f}' for w in WINDOWS)} s; scale-up +{' or +'.join(map(str, SCALE_UP_PODS))} pods per "
+        f"15 s; maxReplicas raised to {CEILINGS}; the rest as shipped. Three balancers: `random` (the fleet "
+        "model's default), `least-connections`, and `ideal admission` (random, but a full builder takes no new "
+        "build and the build waits for a free slot: a bound on load-aware routing, not a feature).",
+        "",
+        "| balancer | configs meeting both targets | best efficiency with p95 ≤ 1.25, 0 interrupted | "
+        "lowest p95 with efficiency ≥ 0.7 |",
+        "|---|---|---|---|",
+    ]
+    for balancer in BALANCERS:
+        mine = [p for p in points if p.balancer == balancer]
+        both = sum(p.meets_both for p in mine)
+        fast = max((p for p in mine if p.meets_slowdown), key=lambda p: p.efficiency, default=None)
+        cheap = min(
+            (p for p in mine if p.efficiency >= EFFICIENCY_TARGET and p.interrupted == 0),
+            key=lambda p: p.slowdown_p95,
+            default=None,
+        )
+        fast_text = f"{fast.efficiency:.3f} ({fast.knobs}; p95 {fast.slowdown_p95:.2f})" if fast else "none"
+        cheap_text = f"{cheap.slowdown_p95:.2f} ({cheap.knobs}; efficiency {cheap.efficiency:.3f})" if cheap else "none"
+        lines.append(f"| {balancer} | {both} of {len(mine)} | {fast_text} | {cheap_text} |")
+    lines += ["", shipped]
+    lines += [
+        "",
+        "The trade-off each balancer allows: the best efficiency at each limit on slowdown p95 "
+        "(0 interrupted), with the config that reaches it:",
+        "",
+        "| slowdown p95 ≤ | " + " | ".join(BALANCERS) + " |",
+        "|---|" + "---|" * len(BALANCERS),
+    ]
+    for limit in LIMITS:
+        cells = []
+        for balancer in BALANCERS:
+            p = best_under([p for p in points if p.balancer == balancer], limit)
+            cells.append(f"{p.efficiency:.3f} ({p.knobs}; p95 {p.slowdown_p95:.2f})" if p else "none")
+        lines.append(f"| {'any' if limit == float('inf') else f'{limit:.2f}'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def measure(base: Config, *, jobs: int | None = None) -> list[str]:
+    """Run the sweep around ``base`` (the shipped config) and return its markdown section."""
+    trace = parse(traces.bundled()[TRACE].read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    points = sweep(base, trace, jobs=jobs or os.cpu_count() or 1)
+    seconds = time.perf_counter() - started
+    runs = len(BALANCERS) * len(TARGETS) * len(SPARES) * len(WINDOWS) * len(SCALE_UP_PODS)
+    m = run(base, trace, model=FleetModel()).total
+    shipped = (
+        f"The shipped config in the same model (random): efficiency {_number(m.efficiency):.3f}, "
+        f"slowdown p95 {_number(m.slowdown_p95):.2f}, {m.interrupted_builds} interrupted."
+    )
+    return section(points, shipped=shipped, seconds=seconds, runs=runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "FRONTIER.md")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    args = parser.parse_args(argv)
+    text = "\n".join(measure(load_config(SHIPPED.read_text(encoding="utf-8")), jobs=args.jobs)) + "\n"
+    args.out.write_text(text, encoding="utf-8")
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
