@@ -8,7 +8,10 @@ balancer stops sending new builds), then releases when one of these holds:
   which builds still arrive: those are waited for too);
 * ``buildkitd_gone``: buildkitd exited on its own (its stream ended with OK and
   it refuses connections) or has refused connections for
-  ``drain_gone_seconds`` since it was lost: it can run nothing any more;
+  ``drain_gone_seconds`` since it was lost: it can run nothing any more. The
+  last refusal may be up to a reconnect backoff old (buildkitd restarted in
+  the meantime, unseen), so before releasing on it the drain has the follower
+  try once more at once, and releases only if that attempt is refused too;
 * ``timeout``: ``drain_timeout_seconds`` passed; the reply lists what still runs.
 
 A merely slow buildkitd (timeouts) is not gone: the drain waits for it until
@@ -70,6 +73,8 @@ class Drainer:
         self._metrics = metrics
         self._task: asyncio.Task[DrainResult] | None = None
         self._cancel_requested = False
+        self._recheck_asked_at: float | None = None
+        """When this drain asked the follower to confirm a refusal (None: not asked, or answered)."""
 
     @property
     def active(self) -> bool:
@@ -117,6 +122,7 @@ class Drainer:
         settings = self._settings
         loop = asyncio.get_running_loop()
         start = loop.time()
+        self._recheck_asked_at = None
         state.draining = True
         state.drain_started_unix = time.time()
         state.notify()
@@ -169,8 +175,17 @@ class Drainer:
         if conn.loss is Loss.REFUSED and conn.refused_since is not None:
             gone_at = conn.refused_since + s.drain_gone_seconds
             if now >= gone_at:
-                return Reason.BUILDKITD_GONE, now
-            wake_at = min(wake_at, gone_at)
+                asked = self._recheck_asked_at
+                if asked is not None and conn.checked_at is not None and conn.checked_at >= asked:
+                    return Reason.BUILDKITD_GONE, now  # refused again, just now: really gone
+                if asked is None:
+                    self._recheck_asked_at = now
+                    state.request_recheck()
+                # Wait for the attempt's outcome (a state change) or the deadline.
+            else:
+                wake_at = min(wake_at, gone_at)
+        else:
+            self._recheck_asked_at = None
         if state.idle_since is not None:
             release_at = max(state.idle_since + s.drain_quiet_seconds, start + s.drain_min_seconds)
             if now >= release_at:

@@ -121,9 +121,23 @@ class Follower:
                 self._lost(Loss.ERROR, repr(e))
             finally:
                 await channel.close(grace=None)
-            delay = self._backoff.next_delay()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await self._pause(self._backoff.next_delay(), stop=stop)
+
+    async def _pause(self, delay: float, *, stop: asyncio.Event) -> None:
+        """The backoff between attempts: ``delay`` seconds, cut short by ``stop`` or by a
+        recheck request (:meth:`BuilderState.request_recheck`)."""
+        recheck = self._state.recheck_wanted
+        recheck.clear()  # the attempt just made answers any request made before it ended
+        waiters = {
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(recheck.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     def _lost(self, loss: Loss, detail: str) -> None:
         """Record a failed attempt or a broken session; the count becomes unknown."""
@@ -135,7 +149,13 @@ class Follower:
             refused_since = previous.refused_since if previous.refused_since is not None else lost_at
         self._state.set_connection(
             Connection(
-                up=False, accepting=False, loss=loss, lost_at=lost_at, refused_since=refused_since, detail=detail
+                up=False,
+                accepting=False,
+                loss=loss,
+                lost_at=lost_at,
+                refused_since=refused_since,
+                checked_at=now,
+                detail=detail,
             ),
             now=now,
         )

@@ -44,6 +44,9 @@ class Connection:
     """Loop time when it was lost (or the follower started); None while up."""
     refused_since: float | None = None
     """Loop time since which every attempt was refused; None otherwise."""
+    checked_at: float | None = None
+    """Loop time of the attempt that found this loss; None while up. Between attempts (the
+    reconnect backoff) buildkitd may have come back unseen: see :meth:`BuilderState.request_recheck`."""
     detail: str = "not connected yet"
 
 
@@ -62,6 +65,8 @@ class BuilderState:
         self.last_sync_unix: float | None = None
         self.heartbeat = now
         self._changed = asyncio.Event()
+        self.recheck_wanted = asyncio.Event()
+        """Set by :meth:`request_recheck`; the follower's backoff pause ends when it is."""
 
     # -- reading ---------------------------------------------------------
 
@@ -119,6 +124,11 @@ class BuilderState:
         elif self.idle_since is None:
             self.idle_since = now
         self.notify()
+
+    def request_recheck(self) -> None:
+        """Ask the follower to try buildkitd now instead of at the end of its backoff: a
+        decision about to rest on a loss seen a while ago wants a fresh attempt first."""
+        self.recheck_wanted.set()
 
     def notify(self) -> None:
         self._changed.set()

@@ -342,6 +342,36 @@ async def test_drain_on_killed_buildkitd_waits_drain_gone_seconds(
     assert ref not in str(body)
 
 
+async def test_drain_rechecks_a_refusal_older_than_the_backoff_before_calling_buildkitd_gone(
+    daemon: FakeBuildkitd, sidecar_factory: Factory, aiohttp_client: ClientFactory
+) -> None:
+    # Backoff of 120 s: after the first refusal the follower waits at least 12 s (a tenth).
+    running = await connected(
+        sidecar_factory, drain_gone_seconds=10, reconnect_initial_seconds=120, reconnect_max_seconds=120
+    )
+    admin = await aiohttp_client(running.sidecar.admin_app)
+    await daemon.kill()
+
+    async def refused() -> None:  # woken by changes only: fake time leaps over the backoff
+        while running.state.connection.loss is not Loss.REFUSED:
+            await running.state.wait_changed(None)
+
+    await asyncio.wait_for(refused(), 130)
+    await asyncio.sleep(11)
+    # buildkitd is back with a build; the follower, in its backoff, has not seen it.
+    await daemon.restart()
+    ref = daemon.start_build()
+    assert Loss.REFUSED is running.state.connection.loss
+
+    request = asyncio.create_task(call(admin, "POST", "/drain"))
+    await running.until(lambda s: s.active_count() == 1, within=5)
+    await asyncio.sleep(30)
+    assert not request.done()
+    daemon.complete_build(ref)
+    status, body = await request
+    assert (200, True, "idle") == (status, body["drained"], body["reason"])
+
+
 async def test_drain_releases_at_once_when_buildkitd_exits_gracefully(
     daemon: FakeBuildkitd, sidecar_factory: Factory, aiohttp_client: ClientFactory
 ) -> None:

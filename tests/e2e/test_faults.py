@@ -296,6 +296,14 @@ async def test_bad_configmap_edits_are_refused_with_an_event_and_a_fixed_edit_ap
         arm = fleet.pools[1]
         await settled(fleet, arm, 1)
         good = fleet.config()
+        # Both replicas must hold the good config before the first bad edit: one that starts
+        # after it finds no last good config and exits (startup_failed), as it should.
+        for identity in IDENTITIES:
+            await fleet.until(
+                lambda identity=identity: '"event": "config_applied"' in fleet.autoscaler_log(identity),
+                within=60,
+                what=f"autoscaler-{identity} running on the good config",
+            )
 
         def edited(change: Any) -> str:
             config = fleet.config()
