@@ -17,6 +17,10 @@ from autoscaler.simulation import Metrics, Report, Run
 
 FIELDS: tuple[tuple[str, str], ...] = (
     ("builder_seconds", "builder-seconds (cost)"),
+    ("starting_builder_seconds", "  starting"),
+    ("idle_builder_seconds", "  ready, idle"),
+    ("busy_builder_seconds", "  ready, busy"),
+    ("draining_builder_seconds", "  draining"),
     ("lower_bound_builder_seconds", "lower bound"),
     ("efficiency", "efficiency"),
     ("slowdown_p50", "slowdown p50"),

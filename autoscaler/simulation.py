@@ -132,6 +132,14 @@ class Metrics:
     """Over the builds that waited (0 when none did)."""
     overloaded_builder_seconds: float
     """Builder-seconds spent with more builds than capacity (everything on them slower)."""
+    starting_builder_seconds: float
+    """Where the cost went, part 1 of 4: pods from creation until ready (or deleted first)."""
+    idle_builder_seconds: float
+    """Part 2: ready builders taking builds but running none (spares, windows, the night)."""
+    busy_builder_seconds: float
+    """Part 3: ready builders running at least one build."""
+    draining_builder_seconds: float
+    """Part 4: removed pods finishing their builds. The four parts add up to ``builder_seconds``."""
     scale_events: int
     """Replica changes the controller made."""
     peak_replicas: int
@@ -150,6 +158,10 @@ class Metrics:
             "wait_p95_seconds": self.wait_p95_seconds,
             "wait_max_seconds": self.wait_max_seconds,
             "overloaded_builder_seconds": self.overloaded_builder_seconds,
+            "starting_builder_seconds": self.starting_builder_seconds,
+            "idle_builder_seconds": self.idle_builder_seconds,
+            "busy_builder_seconds": self.busy_builder_seconds,
+            "draining_builder_seconds": self.draining_builder_seconds,
             "scale_events": self.scale_events,
             "peak_replicas": self.peak_replicas,
             "interrupted_builds": self.interrupted_builds,
@@ -250,9 +262,12 @@ class _Pod:
 
     __slots__ = (
         "builds",
+        "busy",
         "capacity",
         "created",
         "deleted",
+        "drain_started",
+        "idle",
         "last",
         "name",
         "overloaded",
@@ -276,11 +291,21 @@ class _Pod:
         self.last = created
         self.version = 0
         self.overloaded = 0.0
+        self.idle = 0.0
+        """Seconds ready and serving with no build (kept up to ``last``)."""
+        self.busy = 0.0
+        """Seconds ready and serving with builds (kept up to ``last``)."""
+        self.drain_started = math.inf
         self.view: PodView | None = None
 
     def advance(self, now: float) -> None:
-        """Move the shared clock to ``now``."""
+        """Move the shared clock to ``now`` (called before every change of builds or state)."""
         n = len(self.builds)
+        if self.state == _SERVING:
+            if n:
+                self.busy += now - self.last
+            else:
+                self.idle += now - self.last
         if n:
             elapsed = now - self.last
             if n > self.capacity:
@@ -384,6 +409,7 @@ class _PoolSim:
         return pod
 
     def _ready(self, pod: _Pod, now: float) -> None:
+        pod.advance(now)
         pod.state = _SERVING
         pod.ready_at = now
         pod.view = None
@@ -404,6 +430,7 @@ class _PoolSim:
         return [p for p in serving if len(p.builds) < self.capacity]
 
     def _delete(self, pod: _Pod, now: float) -> None:
+        pod.advance(now)
         pod.state = _GONE
         pod.deleted = now
         pod.version += 1
@@ -507,7 +534,9 @@ class _PoolSim:
             if pod.state == _STARTING or not pod.builds:
                 self._delete(pod, now)  # nothing to drain: gone at once (its ready event finds it gone)
                 continue
+            pod.advance(now)
             pod.state = _DRAINING
+            pod.drain_started = now
             pod.view = None
             self.serving.remove(pod)
             self._push(now + self.model.drain_timeout_seconds, _DEADLINE, pod, pod.version)
@@ -597,6 +626,8 @@ class _PoolSim:
             pod.advance(end)
         cost = sum(min(p.deleted, end) - p.created for p in pods)
         overloaded = sum(p.overloaded for p in pods)
+        starting = sum(min(p.ready_at, p.deleted, end) - p.created for p in pods)
+        draining = sum(max(0.0, min(p.deleted, end) - p.drain_started) for p in pods)
         durations = self.durations
         slowdowns: list[float] = []
         waits: list[float] = []
@@ -622,6 +653,10 @@ class _PoolSim:
         metrics = Metrics(
             **_cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
             overloaded_builder_seconds=overloaded,
+            starting_builder_seconds=starting,
+            idle_builder_seconds=sum(p.idle for p in pods),
+            busy_builder_seconds=sum(p.busy for p in pods),
+            draining_builder_seconds=draining,
             scale_events=self.scale_events,
             peak_replicas=max(r for _, r in self.scales),
             interrupted_builds=interrupted,
@@ -760,6 +795,10 @@ def _total(runs: Sequence[PoolRun]) -> Metrics:
     return Metrics(
         **_cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
         overloaded_builder_seconds=sum(r.metrics.overloaded_builder_seconds for r in runs),
+        starting_builder_seconds=sum(r.metrics.starting_builder_seconds for r in runs),
+        idle_builder_seconds=sum(r.metrics.idle_builder_seconds for r in runs),
+        busy_builder_seconds=sum(r.metrics.busy_builder_seconds for r in runs),
+        draining_builder_seconds=sum(r.metrics.draining_builder_seconds for r in runs),
         scale_events=sum(r.metrics.scale_events for r in runs),
         peak_replicas=_peak_of_sum(runs),
         interrupted_builds=sum(r.metrics.interrupted_builds for r in runs),
@@ -824,7 +863,8 @@ def _baselines(config: Config, trace: Trace, model: FleetModel) -> tuple[Run, Ru
 
 def check_invariants(config: Config, result: Run) -> list[str]:
     """What does not hold of ``result``: every build ended exactly once, cost ≥ the lower bound
-    (of the work that ran, when builds were interrupted), replicas within [min, max]."""
+    (of the work that ran, when builds were interrupted) and the sum of its four parts,
+    replicas within [min, max]."""
     problems: list[str] = []
     for pool in config.pools:
         pool_run = result.pools[pool.name]
@@ -836,6 +876,11 @@ def check_invariants(config: Config, result: Run) -> list[str]:
         slack = 1e-6 * max(1.0, ran)
         if m.builder_seconds + slack < ran:
             problems.append(f"{pool.name}: cost {m.builder_seconds} below the work that ran, {ran}")
+        parts = (
+            m.starting_builder_seconds + m.idle_builder_seconds + m.busy_builder_seconds + m.draining_builder_seconds
+        )
+        if abs(parts - m.builder_seconds) > 1e-6 * max(1.0, m.builder_seconds):
+            problems.append(f"{pool.name}: cost {m.builder_seconds} is not the sum of its parts, {parts}")
         if m.interrupted_builds == 0 and m.builder_seconds + slack < m.lower_bound_builder_seconds:
             problems.append(f"{pool.name}: cost {m.builder_seconds} below {m.lower_bound_builder_seconds}")
         for at, replicas in pool_run.scales:

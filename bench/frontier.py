@@ -13,10 +13,12 @@ trade one against the other, under three balancers:
 Grid: targetBuildsPerReplica (which is also the simulated builder's capacity) 1–4,
 spareReplicas 0–6, the scale-down stabilization window 0–300 s, and scale-up of at most
 +4 builders per 15 s (HPA's default, shipped) or +100 (no practical limit); every other
-field as shipped, maxReplicas raised so that the ceiling never binds. Writes a markdown
-section (default bench/FRONTIER.md)::
+field as shipped, maxReplicas raised so that the ceiling never binds. Then, on a smaller
+grid, the same question for pods that start in 0, 5, 15, 30 and 60 s: what the targets ask
+of the cluster. Writes a markdown section (default bench/FRONTIER.md; ``make bench`` puts it
+in BENCHMARKS.md through :mod:`bench.simulate_bench`)::
 
-    .venv/bin/python -m bench.frontier [--out bench/FRONTIER.md] [--jobs N]
+    .venv/bin/python -m bench.frontier [--out bench/FRONTIER.md] [--jobs N] [--startup-seconds S]
 """
 
 from __future__ import annotations
@@ -111,12 +113,12 @@ def _number(value: float | None) -> float:
     return value
 
 
-def _one(args: tuple[Config, Trace, str, int, int, float, int]) -> Point | None:
-    base, trace, balancer, target, spare, window, up_pods = args
+def _one(args: tuple[Config, Trace, float, str, int, int, float, int]) -> Point | None:
+    base, trace, startup, balancer, target, spare, window, up_pods = args
     routing, admission = BALANCERS[balancer]
     config = variant(base, target=target, spare=spare, window=window, up_pods=up_pods)
     try:
-        m = run(config, trace, model=FleetModel(routing=routing, admission=admission)).total
+        m = run(config, trace, model=FleetModel(routing=routing, admission=admission, startup_seconds=startup)).total
     except SimulationError:
         return None
     return Point(
@@ -133,14 +135,23 @@ def _one(args: tuple[Config, Trace, str, int, int, float, int]) -> Point | None:
     )
 
 
-def sweep(base: Config, trace: Trace, *, jobs: int) -> list[Point]:
-    grid = [
-        (base, trace, balancer, *knobs)
-        for balancer in BALANCERS
-        for knobs in itertools.product(TARGETS, SPARES, WINDOWS, SCALE_UP_PODS)
+Grid = tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...], tuple[int, ...]]
+"""targetBuildsPerReplica, spareReplicas, scale-down windows, scale-up pods per 15 s."""
+FULL_GRID: Grid = (TARGETS, SPARES, WINDOWS, SCALE_UP_PODS)
+STARTUP_GRID: Grid = ((1, 2), (0, 1, 2, 3), (0.0, 60.0, 120.0), (4,))
+"""The start-up sensitivity's smaller grid: it holds every config that met both targets in the
+full sweeps at 0 and 5 s (target 1, spare 1)."""
+STARTUPS = (0.0, 5.0, 15.0, 30.0, 60.0)
+
+
+def sweep(
+    base: Config, trace: Trace, *, jobs: int, startup_seconds: float = 60.0, grid: Grid = FULL_GRID
+) -> list[Point]:
+    grid_args = [
+        (base, trace, startup_seconds, balancer, *knobs) for balancer in BALANCERS for knobs in itertools.product(*grid)
     ]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return [p for p in pool.map(_one, grid, chunksize=4) if p is not None]
+        return [p for p in pool.map(_one, grid_args, chunksize=4) if p is not None]
 
 
 LIMITS = (1.1, 1.25, 1.5, 2.0, 3.0, float("inf"))
@@ -153,7 +164,9 @@ def best_under(points: list[Point], limit: float) -> Point | None:
     return max(fits, key=lambda p: p.efficiency, default=None)
 
 
-def section(points: list[Point], *, shipped: str, seconds: float, runs: int) -> list[str]:
+def section(
+    points: list[Point], *, shipped: str, seconds: float, runs: int, startup_seconds: float = 60.0
+) -> list[str]:
     lines = [
         "### Can any config meet the bursty-day targets? (`bench/frontier.py`)",
         "",
@@ -161,7 +174,8 @@ def section(points: list[Point], *, shipped: str, seconds: float, runs: int) -> 
         "targetBuildsPerReplica (= the simulated capacity) "
         f"{', '.join(map(str, TARGETS))}; spareReplicas {', '.join(map(str, SPARES))}; scale-down window "
         f"{', '.join(f'{w:.0f}' for w in WINDOWS)} s; scale-up +{' or +'.join(map(str, SCALE_UP_PODS))} pods per "
-        f"15 s; maxReplicas raised to {CEILINGS}; the rest as shipped. Three balancers: `random` (the fleet "
+        f"15 s; maxReplicas raised to {CEILINGS}; the rest as shipped; pods ready {startup_seconds:g} s after "
+        "creation. Three balancers: `random` (the fleet "
         "model's default), `least-connections`, and `ideal admission` (random, but a full builder takes no new "
         "build and the build waits for a free slot: a bound on load-aware routing, not a feature).",
         "",
@@ -199,27 +213,58 @@ def section(points: list[Point], *, shipped: str, seconds: float, runs: int) -> 
     return lines
 
 
-def measure(base: Config, *, jobs: int | None = None) -> list[str]:
+def measure(base: Config, *, jobs: int | None = None, startup_seconds: float = 60.0) -> list[str]:
     """Run the sweep around ``base`` (the shipped config) and return its markdown section."""
     trace = parse(traces.bundled()[TRACE].read_text(encoding="utf-8"))
     started = time.perf_counter()
-    points = sweep(base, trace, jobs=jobs or os.cpu_count() or 1)
+    points = sweep(base, trace, jobs=jobs or os.cpu_count() or 1, startup_seconds=startup_seconds)
     seconds = time.perf_counter() - started
     runs = len(BALANCERS) * len(TARGETS) * len(SPARES) * len(WINDOWS) * len(SCALE_UP_PODS)
-    m = run(base, trace, model=FleetModel()).total
+    m = run(base, trace, model=FleetModel(startup_seconds=startup_seconds)).total
     shipped = (
         f"The shipped config in the same model (random): efficiency {_number(m.efficiency):.3f}, "
         f"slowdown p95 {_number(m.slowdown_p95):.2f}, {m.interrupted_builds} interrupted."
     )
-    return section(points, shipped=shipped, seconds=seconds, runs=runs)
+    lines = section(points, shipped=shipped, seconds=seconds, runs=runs, startup_seconds=startup_seconds)
+    return [*lines, "", *startup_sensitivity(base, trace, jobs=jobs or os.cpu_count() or 1)]
+
+
+def startup_sensitivity(base: Config, trace: Trace, *, jobs: int) -> list[str]:
+    """The same question as pods start faster: what the targets ask of the cluster."""
+    targets, spares, windows, ups = STARTUP_GRID
+    configs = len(targets) * len(spares) * len(windows) * len(ups)
+    lines = [
+        "How fast pods must start for the targets to be reachable: the same question on a smaller grid "
+        f"({configs} configs per balancer: target {', '.join(map(str, targets))}; spare "
+        f"{', '.join(map(str, spares))}; scale-down window {', '.join(f'{w:.0f}' for w in windows)} s; scale-up "
+        f"+{ups[0]}/15 s). Each cell: configs meeting both targets, and the best efficiency with slowdown p95 ≤ "
+        f"{SLOWDOWN_TARGET} and 0 interrupted.",
+        "",
+        "| pods ready after (s) | " + " | ".join(BALANCERS) + " |",
+        "|---|" + "---|" * len(BALANCERS),
+    ]
+    for startup in STARTUPS:
+        points = sweep(base, trace, jobs=jobs, startup_seconds=startup, grid=STARTUP_GRID)
+        cells = []
+        for balancer in BALANCERS:
+            mine = [p for p in points if p.balancer == balancer]
+            best = best_under(mine, SLOWDOWN_TARGET)
+            best_text = f"{best.efficiency:.3f} ({best.knobs})" if best else "none"
+            cells.append(f"{sum(p.meets_both for p in mine)} of {len(mine)}; {best_text}")
+        lines.append(f"| {startup:g} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "FRONTIER.md")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument(
+        "--startup-seconds", type=float, default=60.0, help="pod creation to ready (default 60, the fleet model's)"
+    )
     args = parser.parse_args(argv)
-    text = "\n".join(measure(load_config(SHIPPED.read_text(encoding="utf-8")), jobs=args.jobs)) + "\n"
+    base = load_config(SHIPPED.read_text(encoding="utf-8"))
+    text = "\n".join(measure(base, jobs=args.jobs, startup_seconds=args.startup_seconds)) + "\n"
     args.out.write_text(text, encoding="utf-8")
     sys.stdout.write(text)
     return 0

@@ -96,6 +96,30 @@ def targets(report: Report) -> list[str]:
     return lines
 
 
+def where_cost_goes(report: Report) -> list[str]:
+    """The cost's four parts: why efficiency is what it is."""
+    lines = [
+        "Where the builder-hours go on the bursty day (the report's four cost parts; a builder with one build "
+        "of its capacity's two counts as busy):",
+        "",
+        "| run | builder-hours | starting | ready, idle | ready, busy | draining |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, run_ in (("shipped config", report.run), ("hpa_default", report.hpa_default),
+                       ("static_peak", report.static_peak)):  # fmt: skip
+        m = run_.total
+        cost = m.builder_seconds
+
+        def part(seconds: float, cost: float = cost) -> str:
+            return f"{seconds / 3600:,.1f} ({seconds / cost:.0%})"
+
+        lines.append(
+            f"| {name} | {cost / 3600:,.1f} | {part(m.starting_builder_seconds)} | {part(m.idle_builder_seconds)} | "
+            f"{part(m.busy_builder_seconds)} | {part(m.draining_builder_seconds)} |"
+        )
+    return lines
+
+
 def bundled(config: Config) -> tuple[list[str], Report | None]:
     lines = [
         "| trace | run | builder-hours | efficiency | slowdown p95 | wait p95 (s) | interrupted | peak replicas |",
@@ -141,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         *table,
     ]
     if bursty is not None:
-        lines += ["", "### Targets on the bursty CI day", "", *targets(bursty)]
+        lines += ["", "### Targets on the bursty CI day", "", *targets(bursty), "", *where_cost_goes(bursty)]
     lines += ["", *frontier_section(config)]
     text = "\n".join(lines) + "\n"
     args.out.write_text(text, encoding="utf-8")

@@ -78,6 +78,11 @@ def test_hand_computed_cold_start_run_has_exact_cost_slowdown_waits_and_scales()
             wait_p95_seconds=30,
             wait_max_seconds=30,
             overloaded_builder_seconds=100,
+            # Pod 1: starting 0–30, busy 30–180; pod 2: starting 30–60, idle 60–130.
+            starting_builder_seconds=30 + 30,
+            idle_builder_seconds=70,
+            busy_builder_seconds=150,
+            draining_builder_seconds=0,
             scale_events=2,
             peak_replicas=2,
             interrupted_builds=0,
@@ -111,12 +116,14 @@ def test_a_build_ending_exactly_at_the_drain_deadline_is_not_interrupted() -> No
     m = drain_scenario(119)
     assert 0 == m.interrupted_builds
     assert 1011 + (130 - 10) == m.builder_seconds  # pod 2 gone when E ends, at the deadline
+    assert (0, 100) == (m.starting_builder_seconds, m.draining_builder_seconds)  # pod 2 drains 30 → 130
 
 
 def test_a_drain_that_would_exceed_its_deadline_interrupts_at_the_deadline() -> None:
     m = drain_scenario(119.5)
     assert 1 == m.interrupted_builds
     assert 1011 + (130 - 10) == m.builder_seconds  # pod 2 deleted at the deadline, not at 130.5
+    assert 100 == m.draining_builder_seconds
     assert 2.0 == m.slowdown_max  # the 10 s builds: 20 s at half speed
 
 
@@ -257,6 +264,7 @@ def test_simulate_writes_the_report_layout_and_prints_the_table(tmp_path: Path, 
     keys = {
         "builder_seconds", "lower_bound_builder_seconds", "efficiency", "slowdown_p50", "slowdown_p95",
         "slowdown_max", "waited_builds", "wait_p95_seconds", "wait_max_seconds", "overloaded_builder_seconds",
+        "starting_builder_seconds", "idle_builder_seconds", "busy_builder_seconds", "draining_builder_seconds",
         "scale_events", "peak_replicas", "interrupted_builds",
     }  # fmt: skip
     assert {"pools", "total", "baselines"} == set(report)
