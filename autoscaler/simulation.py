@@ -99,8 +99,8 @@ class FleetModel:
     admission: bool = False
     """True: a builder at capacity takes no new build, as if it left the balancer the instant it
     filled (an *ideal* load-aware readiness); a build that finds every ready builder full waits,
-    in arrival order, for a free slot. No part of the fleet does this today: it is a bound for
-    ``bench/frontier.py`` (what the best balancer could give), not on the command line. The
+    in arrival order, for a free slot. No part of the fleet does this today: ``bench/frontier.py``
+    uses it to show what load-aware routing could give at best; it is not on the command line. The
     waiting builds are invisible to the controller, so a pool with ``spareReplicas`` 0 does
     not grow for them: they wait for running builds to end."""
 

@@ -73,8 +73,8 @@ class Drainer:
         self._metrics = metrics
         self._task: asyncio.Task[DrainResult] | None = None
         self._cancel_requested = False
-        self._recheck_asked_at: float | None = None
-        """When this drain asked the follower to confirm a refusal (None: not asked, or answered)."""
+        self._recheck_after: int | None = None
+        """The failed attempt this drain asked the follower to look past (None: not asked)."""
 
     @property
     def active(self) -> bool:
@@ -122,7 +122,7 @@ class Drainer:
         settings = self._settings
         loop = asyncio.get_running_loop()
         start = loop.time()
-        self._recheck_asked_at = None
+        self._recheck_after = None
         state.draining = True
         state.drain_started_unix = time.time()
         state.notify()
@@ -175,17 +175,17 @@ class Drainer:
         if conn.loss is Loss.REFUSED and conn.refused_since is not None:
             gone_at = conn.refused_since + s.drain_gone_seconds
             if now >= gone_at:
-                asked = self._recheck_asked_at
-                if asked is not None and conn.checked_at is not None and conn.checked_at >= asked:
-                    return Reason.BUILDKITD_GONE, now  # refused again, just now: really gone
+                asked = self._recheck_after
+                if asked is not None and conn.attempt > asked:
+                    return Reason.BUILDKITD_GONE, now  # refused again, on a fresh attempt: really gone
                 if asked is None:
-                    self._recheck_asked_at = now
+                    self._recheck_after = conn.attempt
                     state.request_recheck()
                 # Wait for the attempt's outcome (a state change) or the deadline.
             else:
                 wake_at = min(wake_at, gone_at)
         else:
-            self._recheck_asked_at = None
+            self._recheck_after = None
         if state.idle_since is not None:
             release_at = max(state.idle_since + s.drain_quiet_seconds, start + s.drain_min_seconds)
             if now >= release_at:

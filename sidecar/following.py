@@ -87,6 +87,8 @@ class Follower:
         # The last session ended with the stream's OK status: if buildkitd now
         # refuses connections, it exited on its own (not a crash).
         self._clean_end = False
+        self._failed_attempts = 0
+        """Failed attempts and broken sessions so far: :attr:`Connection.attempt`."""
 
     @staticmethod
     def _now() -> float:
@@ -96,6 +98,9 @@ class Follower:
         """Follow until ``stop`` is set. Never returns early on buildkitd errors."""
         while not stop.is_set():
             self._state.heartbeat = self._now()
+            # This attempt answers any recheck asked before it; one asked during it or the
+            # pause after it ends that pause at once.
+            self._state.recheck_wanted.clear()
             channel = self._channel_factory(self._settings)
             try:
                 await self._session(channel, stop=stop)
@@ -126,11 +131,9 @@ class Follower:
     async def _pause(self, delay: float, *, stop: asyncio.Event) -> None:
         """The backoff between attempts: ``delay`` seconds, cut short by ``stop`` or by a
         recheck request (:meth:`BuilderState.request_recheck`)."""
-        recheck = self._state.recheck_wanted
-        recheck.clear()  # the attempt just made answers any request made before it ended
         waiters = {
             asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(recheck.wait()),
+            asyncio.ensure_future(self._state.recheck_wanted.wait()),
         }
         try:
             await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
@@ -142,6 +145,7 @@ class Follower:
     def _lost(self, loss: Loss, detail: str) -> None:
         """Record a failed attempt or a broken session; the count becomes unknown."""
         now = self._now()
+        self._failed_attempts += 1
         previous = self._state.connection
         lost_at = previous.lost_at if previous.lost_at is not None else now
         refused_since: float | None = None
@@ -154,7 +158,7 @@ class Follower:
                 loss=loss,
                 lost_at=lost_at,
                 refused_since=refused_since,
-                checked_at=now,
+                attempt=self._failed_attempts,
                 detail=detail,
             ),
             now=now,

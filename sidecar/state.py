@@ -44,9 +44,11 @@ class Connection:
     """Loop time when it was lost (or the follower started); None while up."""
     refused_since: float | None = None
     """Loop time since which every attempt was refused; None otherwise."""
-    checked_at: float | None = None
-    """Loop time of the attempt that found this loss; None while up. Between attempts (the
-    reconnect backoff) buildkitd may have come back unseen: see :meth:`BuilderState.request_recheck`."""
+    attempt: int = 0
+    """Which failed attempt found this loss (the follower counts them; 0 while up or before the
+    first). Between attempts (the reconnect backoff) buildkitd may have come back unseen: a
+    decision wanting a fresh look asks :meth:`BuilderState.request_recheck` and waits for a
+    higher number."""
     detail: str = "not connected yet"
 
 
