@@ -420,14 +420,8 @@ class _PoolSim:
     def _dispatch_waiting(self, now: float) -> None:
         """Route waiting builds, oldest first, while a ready builder takes them."""
         waiting = self.waiting
-        while waiting and self._open(self.serving):
-            self._route(waiting.popleft(), now)
-
-    def _open(self, serving: list[_Pod]) -> list[_Pod]:
-        """The ready builders a new build may go to."""
-        if not self.model.admission:
-            return serving
-        return [p for p in serving if len(p.builds) < self.capacity]
+        while waiting and self._place(waiting[0], now):
+            waiting.popleft()
 
     def _delete(self, pod: _Pod, now: float) -> None:
         pod.advance(now)
@@ -441,10 +435,17 @@ class _PoolSim:
         self.observation = None
 
     def _route(self, build: int, now: float) -> None:
-        serving = self._open(self.serving)
-        if not serving:
+        """A new build: onto a ready builder, or waiting for one."""
+        if not self._place(build, now):
             self.waiting.append(build)
-            return
+
+    def _place(self, build: int, now: float) -> bool:
+        """Start ``build`` on a ready builder that may take it; False if none may."""
+        serving = self.serving
+        if self.model.admission:
+            serving = [p for p in serving if len(p.builds) < self.capacity]
+        if not serving:
+            return False
         if self.model.routing == "random":
             pod = serving[self.rng.randrange(len(serving))] if len(serving) > 1 else serving[0]
         else:
@@ -454,6 +455,7 @@ class _PoolSim:
         self.running += 1
         heapq.heappush(pod.builds, (pod.work + self.durations[build], build))
         self._schedule_end(pod)
+        return True
 
     def _end_builds(self, pod: _Pod, now: float) -> None:
         pod.advance(now)

@@ -33,7 +33,7 @@ from autoscaler.config import Pool, load_config
 from autoscaler.controller import Controller, RunSettings
 from autoscaler.kube import Kube
 from autoscaler.metrics import Metrics
-from bench.harness import BenchError, loop_time, read_cpu_seconds
+from bench.harness import BenchError, log_tail, loop_time, read_cpu_seconds
 from sidecar.logs import LEVELS, processors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,10 +163,7 @@ class FleetProcess:
         return read_cpu_seconds(self.pid)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self.process.returncode is not None:

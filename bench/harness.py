@@ -155,6 +155,14 @@ def read_memory(pid: int) -> Memory:
     )
 
 
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` of a child's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def read_cpu_seconds(pid: int) -> float:
     """utime + stime of ``/proc/<pid>/stat`` (all threads), in seconds."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -215,10 +223,7 @@ class SidecarProcess:
         return read_cpu_seconds(self.pid)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def check_alive(self) -> None:
         if self.process.returncode is not None:

@@ -19,6 +19,7 @@ from autoscaler.config import Config, load_config
 from autoscaler.simulation import FleetModel, Metrics, Report, simulate
 from autoscaler.trace import Build, Trace, parse
 from autoscaler.traces.generate import week
+from bench.frontier import EFFICIENCY_TARGET, SLOWDOWN_TARGET
 from bench.frontier import measure as frontier_section
 from bench.report import Machine
 
@@ -83,8 +84,10 @@ def row(trace: str, name: str, m: Metrics) -> str:
 def targets(report: Report) -> list[str]:
     m, hpa = report.run.total, report.hpa_default.total
     checks = [
-        ("efficiency ≥ 0.7", m.efficiency is not None and m.efficiency >= 0.7, _f(m.efficiency)),
-        ("slowdown p95 ≤ 1.25", m.slowdown_p95 is not None and m.slowdown_p95 <= 1.25, _f(m.slowdown_p95, 2)),
+        (f"efficiency ≥ {EFFICIENCY_TARGET}", m.efficiency is not None and m.efficiency >= EFFICIENCY_TARGET,
+         _f(m.efficiency)),
+        (f"slowdown p95 ≤ {SLOWDOWN_TARGET}", m.slowdown_p95 is not None and m.slowdown_p95 <= SLOWDOWN_TARGET,
+         _f(m.slowdown_p95, 2)),
         ("0 interrupted", m.interrupted_builds == 0, str(m.interrupted_builds)),
         ("cost < HPA-default's", m.builder_seconds < hpa.builder_seconds,
          f"{m.builder_seconds / 3600:,.1f} h vs {hpa.builder_seconds / 3600:,.1f} h"),
