@@ -92,12 +92,14 @@ class Running:
         self.metrics = sidecar.metrics
         self.drainer = sidecar.drainer
 
-    async def until(self, predicate, within: float = 30.0) -> None:
-        """Wait (on fake time) until ``predicate(state)`` holds."""
+    async def until(self, predicate, within: float = 30.0, *, poll: float | None = 0.05) -> None:
+        """Wait (on fake time) until ``predicate(state)`` holds, looking at every change and every
+        ``poll`` seconds. ``poll=None``: at changes only, so fake time leaps to the next one (a
+        long backoff costs no real time)."""
 
         async def wait() -> None:
             while not predicate(self.state):
-                await self.state.wait_changed(0.05)
+                await self.state.wait_changed(poll)
 
         await asyncio.wait_for(wait(), within)
 

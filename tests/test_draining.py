@@ -351,12 +351,7 @@ async def test_drain_rechecks_a_refusal_older_than_the_backoff_before_calling_bu
     )
     admin = await aiohttp_client(running.sidecar.admin_app)
     await daemon.kill()
-
-    async def refused() -> None:  # woken by changes only: fake time leaps over the backoff
-        while running.state.connection.loss is not Loss.REFUSED:
-            await running.state.wait_changed(None)
-
-    await asyncio.wait_for(refused(), 130)
+    await running.until(lambda s: s.connection.loss is Loss.REFUSED, within=130, poll=None)
     await asyncio.sleep(11)
     # buildkitd is back with a build; the follower, in its backoff, has not seen it.
     await daemon.restart()
