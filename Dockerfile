@@ -16,6 +16,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 COPY autoscaler ./autoscaler
+COPY common ./common
 # A regular (not editable) install: the packages land in the venv, compiled to
 # bytecode now, because the root filesystem is read-only at run time.
 RUN /opt/venv/bin/pip install . \

@@ -2,7 +2,7 @@
 
 ``python -m bench.run [--quick] [--out BENCHMARKS.md]`` (``make bench``) runs
 them all. The sidecar is the installed console script in a child process; the
-fake daemon (``tests/fake_buildkitd.py``) serves it over a unix socket from
+fake daemon (``fakes/buildkitd.py``) serves it over a unix socket from
 the benchmark process, which is also the HTTP client. The autoscaler's
 ``Controller`` runs in the benchmark process; the fake fleet it manages (the
 tests' fake Kubernetes API and 1,000 pods' ``/status``) in a child process.

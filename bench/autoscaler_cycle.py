@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoscaler.controller import Controller
+from autoscaler.controller.loop import Controller
 from bench.fleet import FleetProcess, config_yaml, controller, count_verbs, fake_fleet, pool_of, steady_loads
 from bench.harness import BenchError, loop_time
 from bench.report import Row, Section, verdict

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoscaler.controller import Controller
+from autoscaler.controller.loop import Controller
 from bench.fleet import (
     FleetProcess,
     config_yaml,

@@ -3,7 +3,7 @@
 ``python -m bench.fake_fleet --pods N`` serves, in one process of its own:
 
 * the fake Kubernetes API of the tests (kmock's ``KubernetesScaffold`` and
-  ``Server`` with :class:`tests.fake_kubernetes.FakeCluster` on top), every
+  ``Server`` with :class:`fakes.kubernetes.FakeCluster` on top), every
   request timestamped on arrival;
 * every builder pod's sidecar ``/status``: ONE aiohttp server listening on
   the pods' addresses 127.0.x.y (all on one port, loopback only) and
@@ -39,7 +39,7 @@ import kmock
 from aiohttp import web
 from kmock import Response  # type: ignore[attr-defined]  # exported, though not listed in kmock's __all__
 
-from tests.fake_kubernetes import FakeCluster
+from fakes.kubernetes import FakeCluster
 
 ADDRESSES_PER_BLOCK = 250
 """Pod i answers on 127.0.(1 + i // 250).(1 + i % 250): 127.0.0.x stays free for the API and control."""

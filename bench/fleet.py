@@ -1,5 +1,5 @@
 """What the autoscaler benchmarks stand on: the fake fleet in a child process
-(:mod:`bench.fake_fleet`), the real :class:`~autoscaler.controller.Controller`
+(:mod:`bench.fake_fleet`), the real :class:`~autoscaler.controller.loop.Controller`
 in this one, and the configuration they share.
 
 The controller is wired as ``buildkit-autoscaler run`` wires it (a
@@ -30,11 +30,11 @@ from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from autoscaler.config import Pool, load_config
-from autoscaler.controller import Controller, RunSettings
-from autoscaler.kube import Kube
-from autoscaler.metrics import Metrics
+from autoscaler.controller.kube import Kube
+from autoscaler.controller.loop import Controller, RunSettings
+from autoscaler.controller.metrics import Metrics
 from bench.harness import BenchError, log_tail, loop_time, read_cpu_seconds
-from sidecar.logs import LEVELS, processors
+from common.logs import LEVELS, processors
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "deploy" / "config.yaml"
@@ -263,7 +263,7 @@ async def fake_fleet(*, directory: Path, pods: int) -> AsyncIterator[FleetProces
 
 @contextlib.contextmanager
 def logging_to(path: Path, level: str = "info") -> Iterator[None]:
-    """Production's structlog chain (``sidecar.logs.configure``), into ``path`` instead of stdout.
+    """Production's structlog chain (``common.logs.configure``), into ``path`` instead of stdout.
 
     Loggers are not cached (production caches them), so that the defaults come back at exit; the
     controller logs nothing in a steady cycle, so this costs the measurements nothing.

@@ -34,10 +34,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoscaler import traces
 from autoscaler.config import Config, load_config
-from autoscaler.simulation import FleetModel, Routing, SimulationError, run
-from autoscaler.trace import Trace, parse
+from autoscaler.simulator import traces
+from autoscaler.simulator.model import FleetModel, Routing, SimulationError
+from autoscaler.simulator.runs import run
+from autoscaler.simulator.trace import Trace, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "config.yaml"

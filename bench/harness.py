@@ -25,8 +25,8 @@ import aiohttp
 import grpc.aio
 from prometheus_client.parser import text_string_to_metric_families
 
+from fakes.buildkitd import FakeBuildkitd
 from sidecar.protocol import control_pb2
-from tests.fake_buildkitd import FakeBuildkitd
 
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024

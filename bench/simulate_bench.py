@@ -14,11 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from autoscaler import traces
 from autoscaler.config import Config, load_config
-from autoscaler.simulation import FleetModel, Metrics, Report, simulate
-from autoscaler.trace import Build, Trace, parse
-from autoscaler.traces.generate import week
+from autoscaler.simulator import traces
+from autoscaler.simulator.model import FleetModel
+from autoscaler.simulator.outcome import Outcome, Report
+from autoscaler.simulator.runs import simulate
+from autoscaler.simulator.trace import Build, Trace, parse
+from autoscaler.simulator.traces.generate import week
 from bench.frontier import EFFICIENCY_TARGET, SLOWDOWN_TARGET
 from bench.frontier import measure as frontier_section
 from bench.report import Machine
@@ -74,7 +76,7 @@ def _f(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def row(trace: str, name: str, m: Metrics) -> str:
+def row(trace: str, name: str, m: Outcome) -> str:
     return (
         f"| {trace} | {name} | {m.builder_seconds / 3600:,.1f} | {_f(m.efficiency)} | {_f(m.slowdown_p95, 2)} | "
         f"{m.wait_p95_seconds:.1f} | {m.interrupted_builds} | {m.peak_replicas} |"

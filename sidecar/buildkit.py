@@ -18,13 +18,10 @@ from urllib.parse import urlsplit
 import grpc
 import grpc.aio
 
+from common.arch import go_arch
 from sidecar.protocol import control_pb2, control_pb2_grpc
 from sidecar.settings import Settings
 from sidecar.state import Loss
-
-# Go's architecture names, which buildkitd already uses; the aliases catch
-# uname-style spellings from a daemon built or configured by hand.
-_GO_ARCH = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm", "i386": "386", "i686": "386"}
 
 _REFUSED_MARKERS = (
     "connection refused",
@@ -56,12 +53,6 @@ def classify(error: grpc.aio.AioRpcError) -> BuildkitError:
         loss = Loss.ERROR
     name = code.name if code is not None else "UNKNOWN"
     return BuildkitError(f"{name}: {details}", loss=loss, code=code)
-
-
-def go_arch(name: str) -> str:
-    """Normalise an architecture name to Go's spelling (``amd64``, ``arm64``)."""
-    lowered = name.strip().lower()
-    return _GO_ARCH.get(lowered, lowered)
 
 
 def timestamp(ts: Any, present: bool) -> datetime | None:

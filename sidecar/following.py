@@ -28,6 +28,7 @@ import grpc
 import grpc.aio
 import structlog
 
+from common.timestamps import rfc3339
 from sidecar import buildkit
 from sidecar.buildkit import BuildkitClient, BuildkitError
 from sidecar.metrics import Metrics
@@ -329,5 +330,5 @@ class Follower:
 
 def _iso(value: object) -> str | None:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return rfc3339(value)
     return None

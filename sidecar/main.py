@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,12 +27,16 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from sidecar import endpoints, logs
+from common import logs, trace_format
+from common.addresses import host_port
+from common.supervision import root_task
+from common.timestamps import rfc3339
+from sidecar import endpoints
 from sidecar.buildkit import BuildkitClient, BuildkitError, open_channel
 from sidecar.draining import Drainer
 from sidecar.following import Follower
 from sidecar.metrics import Metrics
-from sidecar.settings import Settings, SettingsError, add_arguments, from_sources, host_port
+from sidecar.settings import Settings, SettingsError, add_arguments, from_sources
 from sidecar.state import BuilderState
 from sidecar.tracking import Tracker
 
@@ -121,13 +124,11 @@ class Sidecar:
         code = EXIT_OK
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.follower.run(stop=self.stop), name="follower")
-                lifecycle = tasks.create_task(self._lifecycle(), name="lifecycle")
+                tasks.create_task(root_task("follower", self.follower.run(stop=self.stop)), name="follower")
+                lifecycle = tasks.create_task(root_task("lifecycle", self._lifecycle()), name="lifecycle")
             code = lifecycle.result()
-        except* Exception as group:
-            for error in group.exceptions:
-                log.error("task_died", error=repr(error), exc_info=error)
-            code = EXIT_FORCED
+        except* Exception:  # noqa: BLE001 - the supervisor's boundary; root_task logged which task died
+            code = EXIT_FORCED  # root_task logged which task died and why
         finally:
             await self.drainer.close()
             for runner in runners:
@@ -238,11 +239,8 @@ async def export_trace(*, settings: Settings, arch: str | None, out: TextIO, tim
     finally:
         await channel.close(grace=None)
     rows.sort()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(("arch", "start", "duration_seconds"))
-    for started, seconds in rows:
-        start = started.isoformat().replace("+00:00", "Z")
-        writer.writerow((arch, start, f"{max(seconds, 0.001):.3f}".rstrip("0").rstrip(".")))
+    # A zero duration (clock granularity) would be refused by the trace's reader: 1 ms instead.
+    trace_format.write(((arch, rfc3339(started), max(seconds, 0.001)) for started, seconds in rows), out)
     print(f"{len(rows)} completed builds (partial: only what buildkitd still keeps)", file=sys.stderr)
     return EXIT_OK
 

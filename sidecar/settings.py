@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from common.addresses import buildkit_address_problem, host_port
+from common.arch import arch_problem
 
 ENV_PREFIX = "BUILDKIT_SIDECAR_"
 
@@ -125,15 +127,6 @@ def _seconds(low: float, high: float, *, low_open: bool = False) -> Callable[[An
     return check
 
 
-def _addr(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme == "unix" and parts.path:
-        return None
-    if parts.scheme == "tcp" and parts.hostname and parts.port:
-        return None
-    return "must be unix:///path/to.sock or tcp://host:port"
-
-
 def _hostport(value: str) -> str | None:
     try:
         host_port(value)
@@ -147,22 +140,12 @@ def _level(value: str) -> str | None:
 
 
 def _arch(value: str | None) -> str | None:
-    if value is None or (value.isascii() and value.isalnum() and value.islower()):
-        return None
-    return "must be a Go architecture name such as amd64 or arm64"
-
-
-def host_port(value: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` too) and check the port."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be host:port with a port from 1 to 65535")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return None if value is None else arch_problem(value)
 
 
 DAY = 86400.0
 OPTIONS: tuple[Option, ...] = (
-    Option("buildkit_addr", "--buildkit-addr", "URL", "unix:// or tcp://", str, _addr),
+    Option("buildkit_addr", "--buildkit-addr", "URL", "unix:// or tcp://", str, buildkit_address_problem),
     Option("tls_ca_cert", "--tls-ca-cert", "path", "readable file", Path),
     Option("tls_cert", "--tls-cert", "path", "readable file", Path),
     Option("tls_key", "--tls-key", "path", "readable file", Path),

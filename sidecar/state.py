@@ -13,6 +13,7 @@ import contextlib
 import enum
 from dataclasses import dataclass
 
+from common.timestamps import rfc3339
 from sidecar.tracking import ActiveBuild, Tracker
 
 
@@ -92,7 +93,7 @@ class BuilderState:
             if build.started_at is not None:
                 started = build.started_at.timestamp()
                 age = now_unix - started
-                started_at: str | None = build.started_at.isoformat().replace("+00:00", "Z")
+                started_at: str | None = rfc3339(build.started_at)
             else:
                 age = now - build.seen_at
                 started_at = None

@@ -12,10 +12,10 @@ import hypothesis.internal.observability  # noqa: F401 - see below
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fakes.buildkitd import FakeBuildkitd
+from fakes.kubernetes import api, k8s  # noqa: F401 - fixtures for the autoscaler tests
 from sidecar.main import Sidecar
 from sidecar.settings import Settings
-from tests.fake_buildkitd import FakeBuildkitd
-from tests.fake_kubernetes import api, k8s  # noqa: F401 - fixtures for the autoscaler tests
 
 # gRPC's C core answers from its own threads: give it time before fake time
 # jumps to the next timer, or a pending wait_for fires early (measured: 42

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.fake_buildkitd import FakeBuildkitd
+from fakes.buildkitd import FakeBuildkitd
 
 PUBLIC = "127.0.0.1:19090"
 ADMIN = "127.0.0.1:19091"

@@ -25,17 +25,25 @@ from hypothesis import strategies as st
 from kubernetes_asyncio import client as k8s_client
 from yarl import URL
 
-from autoscaler import prometheus
-from autoscaler.kube import Kube, KubeError, ObjectRef
-from autoscaler.leadership import Elector, LeaseSettings
-from autoscaler.status import MAX_STATUS_BYTES, SidecarStatus, StatusError, Unreadable, fetch_one, parse_status
-from autoscaler.watching import WatchCache
+from autoscaler.controller.kube import Kube, KubeError, ObjectRef
+from autoscaler.controller.leadership import Elector, LeaseSettings
+from autoscaler.controller.sources import prometheus
+from autoscaler.controller.sources.sidecars import (
+    MAX_STATUS_BYTES,
+    SidecarStatus,
+    StatusError,
+    Unreadable,
+    fetch_one,
+    parse_status,
+)
+from autoscaler.controller.watching import WatchCache
+from common.addresses import host_port
 from sidecar import endpoints
 from sidecar.buildkit import BuildkitClient, BuildkitError
 from sidecar.main import IDLE_CONNECTION_SECONDS, http_runner
-from sidecar.settings import Settings, host_port
+from sidecar.settings import Settings
 from tests.conftest import Running
-from tests.test_process import COMMAND, STARTUP_SECONDS, clean_env, free_port, spawn  # noqa: F401 - fixture
+from tests.sidecar.test_process import COMMAND, STARTUP_SECONDS, clean_env, free_port, spawn  # noqa: F401 - fixture
 
 Factory = Callable[..., Awaitable[Running]]
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

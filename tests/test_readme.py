@@ -58,7 +58,7 @@ def test_every_autoscaler_config_key_has_a_readme_row_with_type_default_range_an
 
 
 def test_every_autoscaler_metric_has_a_readme_row() -> None:
-    from autoscaler.metrics import Metrics as AutoscalerMetrics
+    from autoscaler.controller.metrics import Metrics as AutoscalerMetrics
 
     registry = CollectorRegistry()
     AutoscalerMetrics(registry=registry)

@@ -2,7 +2,7 @@
 
 One test process plays the cluster:
 
-* per pod *slot*, a fake buildkitd (:class:`tests.fake_buildkitd.FakeBuildkitd`, a real
+* per pod *slot*, a fake buildkitd (:class:`fakes.buildkitd.FakeBuildkitd`, a real
   gRPC server) and a real ``buildkit-sidecar`` subprocess in front of it, both on the
   slot's own loopback address 127.0.<pool block>.<slot + 1>. Sidecars are started once and
   reused across pod *lives* (``DELETE /drain`` resets a finished drain), so the CPU goes
@@ -50,9 +50,9 @@ import kmock
 import yaml
 from kmock import Response  # type: ignore[attr-defined]  # exported, though not in kmock's __all__
 
-from autoscaler.leadership import LeaseSettings
-from tests.fake_buildkitd import FakeBuildkitd
-from tests.fake_kubernetes import FakeCluster
+from autoscaler.controller.leadership import LeaseSettings
+from fakes.buildkitd import FakeBuildkitd
+from fakes.kubernetes import FakeCluster
 
 NS = "buildkit"
 CONFIG_MAP = "buildkit-autoscaler"
@@ -81,7 +81,7 @@ def _command(script: str, module: str) -> list[str]:
 
 
 SIDECAR = _command("buildkit-sidecar", "sidecar.main")
-AUTOSCALER = _command("buildkit-autoscaler", "autoscaler.main")
+AUTOSCALER = _command("buildkit-autoscaler", "autoscaler.cli")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

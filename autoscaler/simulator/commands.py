@@ -1,0 +1,286 @@
+"""``buildkit-autoscaler simulate`` and ``buildkit-autoscaler trace``: the simulator's command line.
+
+The chart module (matplotlib) is imported only when ``simulate`` runs: the controller's
+``run`` never loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from tqdm import tqdm
+
+from autoscaler.config import Config, ConfigError, load_config
+from autoscaler.simulator import report as text_report
+from autoscaler.simulator import traces
+from autoscaler.simulator.model import ROUTINGS, FleetModel, SimulationError
+from autoscaler.simulator.outcome import Report
+from autoscaler.simulator.runs import simulate
+from autoscaler.simulator.trace import Trace, TraceError, from_logs
+from autoscaler.simulator.trace import parse as parse_trace
+from common import trace_format
+from common.timestamps import rfc3339
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+
+
+def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    simulate = commands.add_parser(
+        "simulate",
+        allow_abbrev=False,
+        help="replay a build trace against a config on virtual time: cost, slowdown, waits, a chart",
+        description=(
+            "Replay TRACE against CONFIG with the controller's own decision function on virtual time "
+            "(no cluster), next to two baselines (static provisioning at the trace's peak, and the same "
+            "policy with HPA's default behavior). Prints a table; writes report.json and chart.png to --out. "
+            "Exit 0, or 1 if the config or the trace is invalid."
+        ),
+    )
+    simulate.add_argument("--config", required=True, metavar="CONFIG", help="config.yaml or ConfigMap manifest")
+    simulate.add_argument(
+        "--trace",
+        required=True,
+        metavar="TRACE",
+        help="CSV trace (arch,start,duration_seconds), or the name of a bundled one: "
+        + ", ".join(p.removesuffix(".csv") for p in traces.bundled()),
+    )
+    simulate.add_argument(
+        "--out", default="simulation", metavar="DIR", help="where report.json and chart.png go (default ./simulation)"
+    )
+    simulate.add_argument("--compare", metavar="CONFIG2", help="also run CONFIG2 on the same trace; print B − A")
+    simulate.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default="random",
+        help="how the load balancer picks a ready builder for a new build (default random)",
+    )
+    simulate.add_argument(
+        "--capacity",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="builds a builder runs at full speed (default: each pool's targetBuildsPerReplica)",
+    )
+    simulate.add_argument(
+        "--startup-seconds",
+        type=_non_negative,
+        default=60.0,
+        metavar="S",
+        help="pod creation to ready: node provisioning and image pull (default 60)",
+    )
+    simulate.add_argument(
+        "--drain-timeout-seconds",
+        type=_positive,
+        default=3300.0,
+        metavar="S",
+        help="the sidecar's drain deadline; a longer drain interrupts its builds (default 3300)",
+    )
+    simulate.add_argument("--seed", type=int, default=0, help="random routing's seed (default 0)")
+    simulate.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="start with the idle fleet's pods just created (ready after --startup-seconds), not ready",
+    )
+    simulate.set_defaults(handler=_simulate_command)
+
+
+def add_trace(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    trace_cmd = commands.add_parser(
+        "trace",
+        allow_abbrev=False,
+        help="make a trace from the sidecars' build_completed log lines, or check one",
+        description=(
+            "--from-logs: turn the sidecars' build_completed JSON log lines (kubectl logs, a log store; "
+            "text before the JSON is ignored) into a trace: the complete record, which buildkitd's own "
+            "history (kept in the pod, gone with it) is not. Every build counts, whatever its result. "
+            "--check: validate a trace and summarise it. Exit 0, or 1 on invalid input."
+        ),
+    )
+    what = trace_cmd.add_mutually_exclusive_group(required=True)
+    what.add_argument("--from-logs", nargs="+", metavar="FILE", help="log files; - for standard input")
+    what.add_argument("--check", metavar="TRACE", help="a trace to validate")
+    trace_cmd.add_argument("--out", default="-", metavar="FILE", help="where the trace goes (default standard output)")
+    trace_cmd.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="write the trace even if some build_completed lines are unusable (each is still reported)",
+    )
+    trace_cmd.set_defaults(handler=_trace_command)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, not {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, not {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
+    return value
+
+
+def _read(path: str, *, stderr: TextIO) -> str | None:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        stderr.write(f"{path}: cannot read: {e}\n")
+        return None
+
+
+def _load_config(path: str, *, stderr: TextIO) -> Config | None:
+    text = _read(path, stderr=stderr)
+    if text is None:
+        return None
+    try:
+        return load_config(text)
+    except ConfigError as e:
+        for error in e.errors:
+            stderr.write(f"{path}: {error}\n")
+        return None
+
+
+def _trace_path(name: str) -> Path:
+    """A file, or else a bundled trace by name (with or without ``.csv``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    bundled = traces.bundled()
+    return bundled.get(name, bundled.get(f"{name}.csv", path))
+
+
+def _load_trace(name: str, *, stderr: TextIO) -> Trace | None:
+    path = _trace_path(name)
+    text = _read(str(path), stderr=stderr)
+    if text is None:
+        return None
+    try:
+        return parse_trace(text)
+    except TraceError as e:
+        for error in e.errors[:50]:
+            stderr.write(f"{path}: {error}\n")
+        if len(e.errors) > 50:
+            stderr.write(f"{path}: … and {len(e.errors) - 50} more\n")
+        stderr.write(f"{path}: invalid ({len(e.errors)} error{'' if len(e.errors) == 1 else 's'})\n")
+        return None
+
+
+def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    config = _load_config(args.config, stderr=stderr)
+    other = _load_config(args.compare, stderr=stderr) if args.compare else None
+    trace = _load_trace(args.trace, stderr=stderr)
+    if config is None or trace is None or (args.compare and other is None):
+        return EXIT_INVALID
+    model = FleetModel(
+        routing=args.routing,
+        capacity=args.capacity,
+        startup_seconds=args.startup_seconds,
+        drain_timeout_seconds=args.drain_timeout_seconds,
+        seed=args.seed,
+        warm_start=not args.cold_start,
+    )
+    out = Path(args.out)
+    # A child process for the baselines pays off on long traces only (it costs ~0.5 s to start).
+    parallel = len(trace.builds) >= 20_000 and (os.cpu_count() or 1) > 1
+    runs = [(args.config, config, "")] + ([(args.compare, other, "compare-")] if other is not None else [])
+    reports: list[Report] = []
+    from autoscaler.simulator import chart  # noqa: PLC0415 - matplotlib only when a chart is drawn
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, cfg, prefix in runs:
+            with tqdm(total=1.0, disable=not stderr.isatty(), file=stderr, leave=False, desc=Path(name).name,
+                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") as bar:  # fmt: skip
+
+                def progress(fraction: float, bar: tqdm[NoReturn] = bar) -> None:
+                    bar.n = fraction
+                    bar.refresh()
+
+                report = simulate(cfg, trace, model=model, progress=progress, parallel=parallel)
+            reports.append(report)
+            text_report.write_json(report, out / f"{prefix}report.json")
+            chart.chart(report.run, out / f"{prefix}chart.png", title=f"{Path(name).name} on {args.trace}")
+    except SimulationError as e:
+        stderr.write(f"buildkit-autoscaler simulate: {e}\n")
+        return EXIT_INVALID
+    except OSError as e:
+        stderr.write(f"buildkit-autoscaler simulate: cannot write to {out}: {e}\n")
+        return EXIT_INVALID
+    span = reports[0].run.span_seconds
+    stdout.write(
+        f"{len(trace.builds):,} builds over {span / 3600:.1f} h ({', '.join(trace.archs)}); "
+        f"routing {model.routing}, startup {model.startup_seconds:g} s, "
+        f"drain deadline {model.drain_timeout_seconds:g} s\n\n"
+    )
+    stdout.write(f"{args.config}:\n")
+    stdout.write(text_report.table(reports[0]))
+    if len(reports) == 2:
+        stdout.write(f"\n{args.compare}:\n")
+        stdout.write(text_report.table(reports[1]))
+        stdout.write("\n")
+        stdout.write(text_report.comparison(reports[0], reports[1], names=("A: " + args.config, "B: " + args.compare)))
+    stdout.write(f"\nreport: {out / 'report.json'}\nchart: {out / 'chart.png'}\n")
+    if len(reports) == 2:
+        stdout.write(f"compare report: {out / 'compare-report.json'}\ncompare chart: {out / 'compare-chart.png'}\n")
+    return EXIT_OK
+
+
+def _trace_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    if args.check:
+        trace = _load_trace(args.check, stderr=stderr)
+        if trace is None:
+            return EXIT_INVALID
+        per_arch = {a: sum(1 for b in trace.builds if b.arch == a) for a in trace.archs}
+        stdout.write(
+            f"{args.check}: {len(trace.builds):,} builds over {trace.span_seconds / 3600:.1f} h: "
+            + ", ".join(f"{a} {n:,}" for a, n in per_arch.items())
+            + "\n"
+        )
+        return EXIT_OK
+    sources: list[tuple[str, list[str]]] = []
+    for name in args.from_logs:
+        text = _read(name, stderr=stderr)
+        if text is None:
+            return EXIT_INVALID
+        sources.append(("<stdin>" if name == "-" else name, text.splitlines()))
+    scan = from_logs(sources)
+    for error in scan.errors:
+        stderr.write(f"{error}\n")
+    if scan.duplicates:
+        stderr.write(f"{scan.duplicates} duplicate build_completed line(s) (same arch and ref) counted once\n")
+    if scan.errors and not args.skip_invalid:
+        stderr.write(
+            f"{len(scan.errors)} unusable build_completed line(s): no trace written "
+            "(--skip-invalid writes the others)\n"
+        )
+        return EXIT_INVALID
+    if not scan.builds:
+        stderr.write("no build_completed lines found: no trace written\n")
+        return EXIT_INVALID
+    rows = ((b.arch, rfc3339(b.started_at), b.duration_seconds) for b in scan.builds)
+    if args.out == "-":
+        count = trace_format.write(rows, stdout)
+    else:
+        try:
+            with Path(args.out).open("w", encoding="utf-8", newline="") as out:
+                count = trace_format.write(rows, out)
+        except OSError as e:
+            stderr.write(f"{args.out}: cannot write: {e}\n")
+            return EXIT_INVALID
+    stderr.write(f"{count:,} builds written" + (f" ({len(scan.errors)} lines skipped)" if scan.errors else "") + "\n")
+    return EXIT_OK

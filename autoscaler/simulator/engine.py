@@ -1,0 +1,423 @@
+"""What-if simulation: replay a build trace against a config, on virtual time.
+
+The fleet is modelled as it behaves behind a layer-4 load balancer, and the
+autoscaler is the real one: every ``pollIntervalSeconds`` each pool is
+observed and a :class:`autoscaler.policy.PoolStepper` (the live controller's own
+stepper over its pure decision, not a copy) sets its replicas.
+
+The model, per pool (pools are independent: a build goes to the pool of its arch):
+
+* **Routing.** A new build goes to a *ready* builder: one at random (the
+  default, as a layer-4 balancer spreads connections) or the one with the
+  fewest builds (``least-connections``; ties to the oldest). With no ready
+  builder the build waits (clients retry) and is routed, in arrival order,
+  the moment one becomes ready.
+* **Capacity sharing.** A builder runs every build it is given; with n builds
+  on a builder of capacity c each progresses at min(1, c/n) of full speed.
+* **Start-up.** A new pod is ready ``startup_seconds`` after its creation.
+* **Scale-down** is the ReplicaSet's (:mod:`autoscaler.policy.replicaset`, the model
+  the e2e fleet uses too): pods not ready yet go first, then the lowest
+  ``pod-deletion-cost``, which the controller sets from what it observed
+  (:func:`autoscaler.policy.deletion_cost`: idle builders first), then the most
+  recently ready, then the newest. A removed pod takes no new
+  builds and drains: it is deleted the moment its last build ends (at once if
+  idle); a drain that would exceed ``drain_timeout_seconds`` is cut there, and
+  the builds still running are *interrupted*.
+
+Decisions taken where the issue is silent:
+
+* Events at the same instant happen in this order: builds end, drain
+  deadlines, pods become ready, builds arrive, the controller observes. So a
+  build that ends exactly at the drain deadline is not interrupted, and a
+  build arriving at a poll is seen by it.
+* Slowdown is (end − submission) ÷ unloaded duration: the time a developer
+  waits, so a wait for a ready builder counts. Interrupted builds have none.
+* The fleet starts warm: each pool with the replicas its policy keeps when
+  idle (``spareReplicas`` within [min, max]), ready at second 0.
+* Every pool is simulated until the last build of the whole trace has ended,
+  so the pools' costs cover the same span.
+* ``peak_replicas`` is the highest ``spec.replicas`` (for the total: of their
+  sum), draining pods not included; their cost is in ``builder_seconds``.
+* The baselines are in :mod:`autoscaler.simulator.runs`.
+* Percentiles are nearest-rank: always a value that occurred.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from autoscaler.config import Pool
+from autoscaler.policy import Observation, PodView, PoolStepper, deletion_cost, pod_view
+from autoscaler.policy.replicaset import Candidate, victims
+from autoscaler.simulator.model import FleetModel, SimulationError
+from autoscaler.simulator.outcome import Outcome, PoolRun, Series, cost_and_delays
+from autoscaler.simulator.pods import PodState, Priority, SimPod
+from autoscaler.simulator.trace import Build
+
+_END, _DEADLINE, _READY = Priority.END, Priority.DEADLINE, Priority.READY
+_STARTING, _SERVING, _DRAINING, _GONE = PodState.STARTING, PodState.SERVING, PodState.DRAINING, PodState.GONE
+
+
+class PoolSim:
+    """One pool and its builds; ``pool`` None: static replicas (no controller)."""
+
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        builds: Sequence[Build],
+        model: FleetModel,
+        poll_interval_seconds: float,
+        static_replicas: int | None = None,
+        record_series: bool = False,
+    ) -> None:
+        self.pool = pool
+        self.model = model
+        self.capacity = model.capacity_of(pool)
+        self.poll_interval = poll_interval_seconds
+        self.static = static_replicas is not None
+        self.arrivals = [b.start_seconds for b in builds]
+        self.durations = [b.duration_seconds for b in builds]
+        n = len(builds)
+        self.dispatched = [math.nan] * n
+        self.ended_at = [math.nan] * n
+        self.interrupted = [False] * n
+        self.end_counts = [0] * n
+        self.running = 0
+        """Builds on pods (draining ones included): the chart's active builds, less the waiting."""
+        self.cut_work = 0.0
+        """Unloaded build-seconds never run: what interrupted builds still had to do."""
+        self.remaining = n
+        self.next_arrival = 0
+        self.rng = random.Random(model.seed)  # noqa: S311 - reproducible routing, not secrecy
+        self.events: list[tuple[float, int, int, SimPod, int]] = []
+        self.seq = 0
+        self.pods: list[SimPod] = []
+        """Alive pods (starting, serving, draining), oldest first."""
+        self.serving: list[SimPod] = []
+        self.gone: list[SimPod] = []
+        self.waiting: deque[int] = deque()
+        self.created = 0
+        self.now = 0.0
+        self.next_poll = math.inf if self.static else 0.0
+        self.observation: Observation | None = None
+        self.scale_events = 0
+        self.scales: list[tuple[float, int]] = []
+        replicas = (
+            static_replicas
+            if static_replicas is not None
+            else min(max(pool.spare_replicas, pool.min_replicas), pool.max_replicas)
+        )
+        self.replicas = replicas
+        self.scales.append((0.0, replicas))
+        for _ in range(replicas):
+            pod = self._create(0.0)
+            if model.warm_start or model.startup_seconds == 0:
+                self._ready(pod, 0.0)
+            else:
+                self._push(model.startup_seconds, _READY, pod)
+        self.stepper = PoolStepper(pool)
+        self.stepper.start(now=0.0, current_replicas=replicas)
+        self.series: Series | None = None
+        if record_series:
+            self.series = Series(times=[], active_builds=[], replicas=[], capacity=[], scale_times=[], scale_to=[])
+
+    # -- events -----------------------------------------------------------
+
+    def _push(self, at: float, priority: int, pod: SimPod, version: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, priority, self.seq, pod, version))
+
+    def _schedule_end(self, pod: SimPod) -> None:
+        pod.version += 1
+        pod.view = None
+        self.observation = None
+        at = pod.next_end()
+        if at != math.inf:
+            self._push(at, _END, pod, pod.version)
+
+    def _create(self, now: float) -> SimPod:
+        self.created += 1
+        pod = SimPod(name=f"{self.pool.name}-{self.created}", created=now, capacity=self.capacity)
+        self.pods.append(pod)
+        self.observation = None
+        return pod
+
+    def _ready(self, pod: SimPod, now: float) -> None:
+        pod.advance(now)
+        pod.state = _SERVING
+        pod.ready_at = now
+        pod.view = None
+        self.observation = None
+        self.serving.append(pod)
+        self._dispatch_waiting(now)
+
+    def _dispatch_waiting(self, now: float) -> None:
+        """Route waiting builds, oldest first, while a ready builder takes them."""
+        waiting = self.waiting
+        while waiting and self._place(waiting[0], now):
+            waiting.popleft()
+
+    def _delete(self, pod: SimPod, now: float) -> None:
+        pod.advance(now)
+        pod.state = _GONE
+        pod.deleted = now
+        pod.version += 1
+        self.pods.remove(pod)
+        if pod in self.serving:
+            self.serving.remove(pod)
+        self.gone.append(pod)
+        self.observation = None
+
+    def _route(self, build: int, now: float) -> None:
+        """A new build: onto a ready builder, or waiting for one."""
+        if not self._place(build, now):
+            self.waiting.append(build)
+
+    def _place(self, build: int, now: float) -> bool:
+        """Start ``build`` on a ready builder that may take it; False if none may."""
+        serving = self.serving
+        if self.model.admission:
+            serving = [p for p in serving if len(p.builds) < self.capacity]
+        if not serving:
+            return False
+        if self.model.routing == "random":
+            pod = serving[self.rng.randrange(len(serving))] if len(serving) > 1 else serving[0]
+        else:
+            pod = min(serving, key=lambda p: len(p.builds))
+        pod.advance(now)
+        self.dispatched[build] = now
+        self.running += 1
+        heapq.heappush(pod.builds, (pod.work + self.durations[build], build))
+        self._schedule_end(pod)
+        return True
+
+    def _end_builds(self, pod: SimPod, now: float) -> None:
+        pod.advance(now)
+        builds = pod.builds
+        slack = 1e-9 * max(1.0, pod.work)
+        while builds and builds[0][0] <= pod.work + slack:
+            _, build = heapq.heappop(builds)
+            self.ended_at[build] = now
+            self.end_counts[build] += 1
+            self.remaining -= 1
+            self.running -= 1
+        if pod.state == _DRAINING and not builds:
+            self._delete(pod, now)
+        else:
+            self._schedule_end(pod)
+            if self.waiting and pod.state == _SERVING:
+                self._dispatch_waiting(now)
+
+    def _deadline(self, pod: SimPod, now: float) -> None:
+        pod.advance(now)
+        for done_at, build in pod.builds:
+            self.cut_work += done_at - pod.work
+            self.ended_at[build] = now
+            self.interrupted[build] = True
+            self.end_counts[build] += 1
+            self.remaining -= 1
+            self.running -= 1
+        pod.builds.clear()
+        self._delete(pod, now)
+
+    # -- the controller and the ReplicaSet --------------------------------------
+
+    def _view(self, pod: SimPod) -> PodView:
+        view = pod.view
+        if view is None:
+            # A starting pod is Pending to the controller; a draining one is being deleted (preStop).
+            draining = pod.state == _DRAINING
+            view = pod_view(name=pod.name, started=pod.state != _STARTING, active_builds=len(pod.builds),
+                            terminating=draining, draining=draining)  # fmt: skip
+            pod.view = view
+        return view
+
+    def _poll(self, now: float) -> None:
+        observation = self.observation
+        if observation is None:
+            observation = Observation(current_replicas=self.replicas, pods=tuple(self._view(p) for p in self.pods))
+            self.observation = observation
+        decision = self.stepper.step(observation, now=now)
+        desired = decision.desired_replicas
+        if desired != self.replicas:
+            self.stepper.scaled(now=now, from_replicas=self.replicas, to_replicas=desired)
+            self.scale_events += 1
+            self.scales.append((now, desired))
+            if desired < self.replicas:
+                self._scale_down(self.replicas - desired, now)
+            else:
+                for _ in range(desired - self.replicas):
+                    pod = self._create(now)
+                    if self.model.startup_seconds > 0:
+                        self._push(now + self.model.startup_seconds, _READY, pod)
+                    else:
+                        self._ready(pod, now)
+            self.replicas = desired
+            self.observation = None
+            if self.series is not None:
+                self.series.scale_times.append(now)
+                self.series.scale_to.append(desired)
+
+    def _scale_down(self, count: int, now: float) -> None:
+        """Remove ``count`` pods as the ReplicaSet ranks them (:mod:`autoscaler.policy.replicaset`)."""
+        alive = [p for p in self.pods if p.state in (_STARTING, _SERVING)]
+        for pod in victims(alive, count, candidate=self._candidate):
+            if pod.state == _STARTING or not pod.builds:
+                self._delete(pod, now)  # nothing to drain: gone at once (its ready event finds it gone)
+                continue
+            pod.advance(now)
+            pod.state = _DRAINING
+            pod.drain_started = now
+            pod.view = None
+            self.serving.remove(pod)
+            self._push(now + self.model.drain_timeout_seconds, _DEADLINE, pod, pod.version)
+
+    def _candidate(self, pod: SimPod) -> Candidate:
+        serving = pod.state == _SERVING
+        return Candidate(
+            running=serving,
+            ready=serving,
+            deletion_cost=deletion_cost(self._view(pod)),
+            ready_since=pod.ready_at if serving else None,
+            created_at=pod.created,
+        )
+
+    def _sample(self, now: float) -> None:
+        series = self.series
+        if series is None:
+            return
+        active = len(self.waiting) + self.running
+        capacity = len(self.serving) * self.capacity
+        if series.times and (
+            series.active_builds[-1] == active
+            and series.replicas[-1] == self.replicas
+            and series.capacity[-1] == capacity
+        ):
+            return
+        series.times.append(now)
+        series.active_builds.append(active)
+        series.replicas.append(self.replicas)
+        series.capacity.append(capacity)
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self, *, until: float = -math.inf, progress: Callable[[float], None] | None = None) -> float:
+        """Simulate until every build has ended and ``until`` is reached; return the last event's time."""
+        arrivals = self.arrivals
+        n = len(arrivals)
+        events = self.events
+        inf = math.inf
+        polls = 0
+        give_up_at = self._give_up_at()
+        while True:
+            next_event = events[0] if events else None
+            t_event = next_event[0] if next_event is not None else inf
+            t_arrival = arrivals[self.next_arrival] if self.next_arrival < n else inf
+            t_poll = self.next_poll
+            if self.remaining == 0 and self.next_arrival >= n:
+                # Every build has ended: go on only to reach ``until``, with the controller running.
+                stop = until
+                if min(t_event, t_poll) > stop:
+                    break
+            # Ties: events first (their priorities are all below arrivals and polls), then arrivals, then polls.
+            if next_event is not None and t_event <= t_arrival and t_event <= t_poll:
+                at, priority, _, pod, version = heapq.heappop(events)
+                self.now = at
+                if priority == _END:
+                    if version == pod.version and pod.state != _GONE:
+                        self._end_builds(pod, at)
+                elif priority == _DEADLINE:
+                    if pod.state == _DRAINING:
+                        self._deadline(pod, at)
+                elif priority == _READY and pod.state == _STARTING:
+                    self._ready(pod, at)
+            elif t_arrival <= t_poll:
+                build = self.next_arrival
+                self.next_arrival += 1
+                self.now = t_arrival
+                self._route(build, t_arrival)
+            elif t_poll != inf:
+                self.now = t_poll
+                self._poll(t_poll)
+                self._sample(t_poll)
+                self.next_poll = t_poll + self.poll_interval
+                polls += 1
+                if progress is not None and polls % 2000 == 0:
+                    progress(t_poll)
+            else:
+                break  # static: nothing left to happen
+            if self.now > give_up_at:
+                raise SimulationError(
+                    f"pool {self.pool.name}: {self.remaining} builds ({len(self.waiting)} waiting for a ready "
+                    f"builder) still not ended {self.now - (arrivals[-1] if arrivals else 0):.0f} s after the "
+                    "last arrival: the fleet never catches up"
+                )
+        return self.now
+
+    def _give_up_at(self) -> float:
+        """A run this far past the last arrival never ends (a pool that cannot scale up)."""
+        last = self.arrivals[-1] if self.arrivals else 0.0
+        longest = max(self.durations, default=0.0)
+        return last + 100 * (longest + self.pool.history_seconds + self.model.startup_seconds) + 86400
+
+    def result(self, *, end: float) -> PoolRun:
+        """The pool's metrics, counting pods still alive up to ``end``."""
+        pods = [*self.gone, *self.pods]
+        for pod in self.pods:
+            pod.advance(end)
+        cost = sum(min(p.deleted, end) - p.created for p in pods)
+        overloaded = sum(p.overloaded for p in pods)
+        starting = sum(min(p.ready_at, p.deleted, end) - p.created for p in pods)
+        draining = sum(max(0.0, min(p.deleted, end) - p.drain_started) for p in pods)
+        durations = self.durations
+        slowdowns: list[float] = []
+        waits: list[float] = []
+        interrupted = 0
+        ended = 0
+        for i, start in enumerate(self.arrivals):
+            end_at = self.ended_at[i]
+            if math.isnan(end_at):
+                continue
+            if self.end_counts[i] == 1:
+                ended += 1
+            wait = self.dispatched[i] - start
+            if wait > 0:
+                waits.append(wait)
+            if self.interrupted[i]:
+                interrupted += 1
+            else:
+                slowdowns.append((end_at - start) / durations[i])
+        slowdowns.sort()
+        waits.sort()
+        build_seconds = math.fsum(durations)
+        lower = build_seconds / self.capacity
+        metrics = Outcome(
+            **cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
+            overloaded_builder_seconds=overloaded,
+            starting_builder_seconds=starting,
+            idle_builder_seconds=sum(p.idle for p in pods),
+            busy_builder_seconds=sum(p.busy for p in pods),
+            draining_builder_seconds=draining,
+            scale_events=self.scale_events,
+            peak_replicas=max(r for _, r in self.scales),
+            interrupted_builds=interrupted,
+        )
+        return PoolRun(
+            name=self.pool.name,
+            arch=self.pool.arch,
+            metrics=metrics,
+            slowdowns=slowdowns,
+            waits=waits,
+            build_seconds=build_seconds,
+            capacity=self.capacity,
+            scales=self.scales,
+            series=self.series,
+            cut_work_seconds=self.cut_work,
+            ended=ended,
+            builds=len(self.arrivals),
+        )

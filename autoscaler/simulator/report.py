@@ -1,0 +1,100 @@
+"""The simulator's text outputs: the terminal table, ``report.json``, the comparison (chart: :mod:`.chart`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoscaler.simulator.outcome import Outcome, Report
+
+FIELDS: tuple[tuple[str, str], ...] = (
+    ("builder_seconds", "builder-seconds (cost)"),
+    ("starting_builder_seconds", "  starting"),
+    ("idle_builder_seconds", "  ready, idle"),
+    ("busy_builder_seconds", "  ready, busy"),
+    ("draining_builder_seconds", "  draining"),
+    ("lower_bound_builder_seconds", "lower bound"),
+    ("efficiency", "efficiency"),
+    ("slowdown_p50", "slowdown p50"),
+    ("slowdown_p95", "slowdown p95"),
+    ("slowdown_max", "slowdown max"),
+    ("waited_builds", "builds that waited"),
+    ("wait_p95_seconds", "wait p95 (s)"),
+    ("wait_max_seconds", "wait max (s)"),
+    ("overloaded_builder_seconds", "overloaded builder-seconds"),
+    ("scale_events", "scale events"),
+    ("peak_replicas", "peak replicas"),
+    ("interrupted_builds", "interrupted builds"),
+)
+"""``report.json``'s metric keys, in table order, with their table labels."""
+
+
+def cell(key: str, value: float | int | None) -> str:
+    """One value as the table prints it."""
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if key.endswith("builder_seconds") or key == "builder_seconds":
+        return f"{value:,.0f}"
+    if key.endswith("_seconds"):
+        return f"{value:,.1f}"
+    return f"{value:.3f}"
+
+
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        first = row[0].ljust(widths[0])
+        rest = [value.rjust(width) for value, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join([first, *rest]).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def table(report: Report) -> str:
+    """Each pool, the total, and the two baselines' totals, metric by metric."""
+    columns: list[tuple[str, Outcome]] = [(name, run.metrics) for name, run in report.run.pools.items()]
+    columns += [("total", report.run.total), ("static_peak", report.static_peak.total)]
+    columns.append(("hpa_default", report.hpa_default.total))
+    rows = [[label, *(cell(key, m.as_dict()[key]) for _, m in columns)] for key, label in FIELDS]
+    return _render(["metric", *(name for name, _ in columns)], rows)
+
+
+def _change(key: str, a: float | int | None, b: float | int | None) -> str:
+    if a is None or b is None:
+        return "–"
+    delta = b - a
+    text = cell(key, delta) if isinstance(delta, int) else cell(key, float(delta))
+    if delta > 0:
+        text = "+" + text
+    if a and key in ("builder_seconds", "overloaded_builder_seconds"):
+        text += f" ({delta / a:+.1%})"
+    return text
+
+
+def comparison(a: Report, b: Report, *, names: tuple[str, str]) -> str:
+    """The same trace under two configs: the totals and each pool's, with B − A."""
+    scopes: list[tuple[str, Outcome, Outcome]] = [("total", a.run.total, b.run.total)]
+    for name, pool_run in a.run.pools.items():
+        other = b.run.pools.get(name)
+        if other is not None:
+            scopes.append((f"pool {name}", pool_run.metrics, other.metrics))
+    parts = []
+    for scope, ma, mb in scopes:
+        da, db = ma.as_dict(), mb.as_dict()
+        rows = [
+            [label, cell(key, da[key]), cell(key, db[key]), _change(key, da[key], db[key])] for key, label in FIELDS
+        ]
+        parts.append(_render([scope, names[0], names[1], "change (B − A)"], rows))
+    only = sorted(set(b.run.pools) - set(a.run.pools))
+    if only:
+        parts.append(f"pools only in {names[1]}: {', '.join(only)}\n")
+    return "\n".join(parts)
+
+
+def write_json(report: Report, path: Path) -> None:
+    """``report.json``: ``{"pools": {name: M}, "total": M, "baselines": {"static_peak": M, "hpa_default": M}}``."""
+    path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,23 @@
+"""Addresses on the command line: listeners (``host:port``) and buildkitd's control API."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` too) and check the port; an empty host is ``0.0.0.0``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port with a port from 1 to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def buildkit_address_problem(value: str) -> str | None:
+    """Why ``value`` is not a buildkitd address (``unix:///path``, ``tcp://host:port``), or None."""
+    parts = urlsplit(value)
+    if parts.scheme == "unix" and parts.path:
+        return None
+    if parts.scheme == "tcp" and parts.hostname and parts.port:
+        return None
+    return "must be unix:///path/to.sock or tcp://host:port"

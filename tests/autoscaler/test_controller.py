@@ -1,0 +1,559 @@
+"""The controller against a fake Kubernetes API (kmock + stateful layer) through the
+real kubernetes-asyncio client, with real HTTP sidecar fakes on loopback, on fake time."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from kubernetes_asyncio import client
+from prometheus_client import CollectorRegistry
+
+from autoscaler.controller.actuate import DELETION_COST, DO_NOT_DISRUPT, SAFE_TO_EVICT
+from autoscaler.controller.kube import Kube
+from autoscaler.controller.loop import Controller, RunSettings
+from autoscaler.controller.metrics import Metrics
+from fakes.kubernetes import FakeCluster
+
+NS = "buildkit"
+DEPLOY = "buildkitd-amd64"
+LABELS = {"app.kubernetes.io/name": "buildkitd", "app.kubernetes.io/instance": DEPLOY}
+EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+SIDECAR_PORT: list[int] = []
+
+
+def config_yaml(**pool: Any) -> str:
+    base: dict[str, Any] = {
+        "sidecarPort": SIDECAR_PORT[-1],
+        "name": "amd64",
+        "namespace": NS,
+        "deployment": DEPLOY,
+        "selector": LABELS,
+        "minReplicas": 1,
+        "maxReplicas": 10,
+        "targetBuildsPerReplica": 2,
+        "spareReplicas": 1,
+        "scaleDown": {
+            "stabilizationWindowSeconds": 60,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}],
+        },
+    }
+    base.update(pool)
+    return yaml.safe_dump({"pollIntervalSeconds": 5, "statusTimeoutSeconds": 1, "pools": [base]})
+
+
+class Sidecars:
+    """Real HTTP /status servers, one per pod IP (127.0.0.x), on one shared port."""
+
+    def __init__(self) -> None:
+        self.loads: dict[str, int | None] = {}
+        self.down: set[str] = set()
+        self.runners: dict[str, web.AppRunner] = {}
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+
+    async def _status(self, request: web.Request) -> web.Response:
+        ip = request.transport.get_extra_info("sockname")[0] if request.transport else ""
+        active = self.loads.get(ip, 0)
+        return web.json_response(
+            {
+                "version": 1,
+                "arch": "amd64",
+                "buildkit_up": active is not None,
+                "draining": False,
+                "active_count": active,
+                "active_builds": None
+                if active is None
+                else [{"ref": f"b{i}", "started_at": None, "age_seconds": 1.0} for i in range(active)],
+            }
+        )
+
+    async def add(self, ip: str) -> None:
+        if ip in self.runners or ip in self.down:
+            return
+        app = web.Application()
+        app.router.add_get("/status", self._status)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, ip, self.port).start()
+        self.runners[ip] = runner
+
+    async def stop(self, ip: str) -> None:
+        runner = self.runners.pop(ip, None)
+        self.down.add(ip)
+        if runner is not None:
+            await runner.cleanup()
+
+    async def close(self) -> None:
+        for runner in self.runners.values():
+            await runner.cleanup()
+
+
+class Fleet:
+    """The cluster side of a test: the Deployment, its pods (as a ReplicaSet would keep them), sidecars."""
+
+    def __init__(self, k8s: FakeCluster, sidecars: Sidecars) -> None:
+        self.k8s = k8s
+        self.sidecars = sidecars
+        self.next_ip = 2
+
+    def deployment(self) -> dict[str, Any]:
+        return self.k8s.get("deployments.apps", NS, DEPLOY)
+
+    @property
+    def replicas(self) -> int:
+        return int(self.deployment()["spec"]["replicas"])
+
+    def pods(self) -> list[dict[str, Any]]:
+        return [o for (r, n, _), o in self.k8s.objects.items() if r == "pods" and n == NS]
+
+    def pod_by_ip(self, ip: str) -> dict[str, Any]:
+        return next(p for p in self.pods() if p["status"]["podIP"] == ip)
+
+    async def reconcile(self) -> None:
+        """Play the ReplicaSet: add pods, or remove the lowest pod-deletion-cost ones first."""
+        pods = self.pods()
+        while len(pods) < self.replicas:
+            ip = f"127.0.0.{self.next_ip}"
+            self.next_ip += 1
+            self.k8s.put(
+                "pods",
+                NS,
+                {
+                    "metadata": {"name": f"{DEPLOY}-{ip.rsplit('.', 1)[1]}", "labels": dict(LABELS)},
+                    "spec": {"containers": [{"name": "buildkitd", "image": "moby/buildkit"}]},
+                    "status": {
+                        "phase": "Running",
+                        "podIP": ip,
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                },
+            )
+            await self.sidecars.add(ip)
+            pods = self.pods()
+        while len(pods) > self.replicas:
+
+            def cost(pod: dict[str, Any]) -> int:
+                return int((pod["metadata"].get("annotations") or {}).get(DELETION_COST, "0"))
+
+            victim = min(pods, key=cost)
+            self.k8s.delete("pods", NS, victim["metadata"]["name"])
+            await self.sidecars.stop(victim["status"]["podIP"])
+            pods = self.pods()
+
+
+@pytest.fixture
+async def sidecars() -> AsyncIterator[Sidecars]:
+    fakes = Sidecars()
+    SIDECAR_PORT.append(fakes.port)
+    yield fakes
+    await fakes.close()
+
+
+@pytest.fixture
+async def fleet(k8s: FakeCluster, sidecars: Sidecars) -> Fleet:
+    k8s.put(
+        "deployments.apps",
+        NS,
+        {
+            "metadata": {"name": DEPLOY, "labels": dict(LABELS)},
+            "spec": {"replicas": 2, "selector": {"matchLabels": dict(LABELS)}, "template": {}},
+        },
+    )
+    k8s.put("configmaps", NS, {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml()}})
+    return Fleet(k8s, sidecars)
+
+
+class FixedElector:
+    """Leadership decided by the test (the Lease itself is tested in test_leadership)."""
+
+    def __init__(self, leader: bool) -> None:
+        self.leader = leader
+
+    def is_leader(self) -> bool:
+        return self.leader
+
+
+@pytest.fixture
+async def controller_factory(api: client.ApiClient) -> AsyncIterator[Any]:
+    made: list[Controller] = []
+    async with aiohttp.ClientSession() as http:
+
+        async def make(*, dry_run: bool = False, leader: bool = True) -> Controller:
+            loop = asyncio.get_running_loop()
+            controller = Controller(
+                kube=Kube(api),
+                settings=RunSettings(config_namespace=NS, config_name="buildkit-autoscaler", dry_run=dry_run),
+                metrics=Metrics(registry=CollectorRegistry()),
+                elector=FixedElector(leader),  # type: ignore[arg-type]
+                http=http,
+                clock=loop.time,
+                wall=lambda: EPOCH + datetime.timedelta(seconds=loop.time()),
+            )
+            made.append(controller)
+            await controller.start()
+            return controller
+
+        yield make
+        for controller in made:
+            await controller.close()
+
+
+async def settle(controller: Controller, fleet: Fleet) -> None:
+    """Let the pod cache catch up with the cluster (watch events are asynchronous)."""
+    await fleet.reconcile()
+    want = {p["metadata"]["name"] for p in fleet.pods()}
+    for state in controller.pools.states.values():
+        if not state.pods.label_selector:
+            continue  # a refused pool: its cache never started
+        await asyncio.wait_for(state.pods.synced.wait(), 10)
+        for _ in range(200):
+            if set(state.pods.objects) == want:
+                break
+            await asyncio.sleep(0.01)
+
+
+async def step(controller: Controller, fleet: Fleet, seconds: float = 5.0) -> None:
+    """One poll interval: wait, let the cluster catch up, run one cycle, apply its result."""
+    await asyncio.sleep(seconds)
+    await settle(controller, fleet)
+    await controller.cycle()
+    await fleet.reconcile()
+
+
+def events(k8s: FakeCluster, reason: str) -> list[dict[str, Any]]:
+    return [o for (r, _n, _), o in k8s.objects.items() if r == "events" and o.get("reason") == reason]
+
+
+def sample(controller: Controller, name: str, **labels: str) -> float | None:
+    return controller.metrics.registry.get_sample_value(name, labels)
+
+
+async def test_a_surge_scales_up_in_one_cycle_with_an_event_saying_why(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    # 6 builds, 2 per replica, +1 spare -> 4
+    assert 4 == fleet.replicas
+    scaled = events(fleet.k8s, "ScaledUp")
+    assert 1 == len(scaled)
+    assert "6 active builds" in scaled[0]["message"]
+    assert "Deployment" == scaled[0]["involvedObject"]["kind"]
+    assert 1.0 == sample(controller, "buildkit_autoscaler_scale_events_total", pool="amd64", direction="up")
+    assert 4.0 == sample(controller, "buildkit_autoscaler_desired_replicas", pool="amd64")
+
+
+async def test_scale_down_waits_for_the_window_goes_at_the_policy_rate_and_removes_idle_builders_first(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    fleet.k8s.put(
+        "deployments.apps",
+        NS,
+        {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 4}},
+    )
+    await fleet.reconcile()
+    controller = await controller_factory()
+    busy_ip = "127.0.0.3"
+    sidecars.loads[busy_ip] = 1  # one build: need ceil(1/2)+1 = 2
+    replicas = []
+    for _ in range(30):  # 150 s
+        await step(controller, fleet)
+        replicas.append(fleet.replicas)
+    # nothing before the 60 s window has passed, then one pod per 30 s, down to 2
+    assert [4] * 11 == replicas[:11]
+    assert 2 == replicas[-1]
+    first_down = replicas.index(3)
+    assert replicas.index(2) - first_down >= 6  # 30 s apart at least
+    # the busy builder survived; every deletion went to an idle one
+    assert busy_ip in {p["status"]["podIP"] for p in fleet.pods()}
+    assert "1" == fleet.pod_by_ip(busy_ip)["metadata"]["annotations"][DELETION_COST]
+    # each deletion cost was set before the scale PATCH that used it
+    calls = [(verb, res, sub) for verb, res, _ns, _name, sub in fleet.k8s.calls if verb == "patch"]
+    first_scale = calls.index(("patch", "deployments.apps", "scale"))
+    assert ("patch", "pods", None) in calls[:first_scale]
+    assert 2 == len(events(fleet.k8s, "ScaledDown"))
+
+
+async def test_unknown_load_blocks_scale_down(fleet: Fleet, sidecars: Sidecars, controller_factory: Any) -> None:
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 3}})
+    await fleet.reconcile()
+    controller = await controller_factory()
+    await sidecars.stop("127.0.0.2")  # its sidecar no longer answers
+    for _ in range(30):
+        await step(controller, fleet)
+    assert 3 == fleet.replicas
+    assert 1.0 == sample(controller, "buildkit_autoscaler_unreadable_pods", pool="amd64")
+    # the unreadable pod is treated as busy: disruption annotations keep it
+    annotations = fleet.pod_by_ip("127.0.0.2")["metadata"].get("annotations") or {}
+    assert ("true", "false") == (annotations.get(DO_NOT_DISRUPT), annotations.get(SAFE_TO_EVICT))
+
+
+async def test_busy_builders_carry_disruption_annotations_and_idle_ones_lose_them(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    sidecars.loads["127.0.0.2"] = 1
+    await step(controller, fleet)
+    busy = fleet.pod_by_ip("127.0.0.2")["metadata"].get("annotations") or {}
+    idle = fleet.pod_by_ip("127.0.0.3")["metadata"].get("annotations") or {}
+    assert ("true", "false") == (busy.get(DO_NOT_DISRUPT), busy.get(SAFE_TO_EVICT))
+    assert (None, None) == (idle.get(DO_NOT_DISRUPT), idle.get(SAFE_TO_EVICT))
+    sidecars.loads["127.0.0.2"] = 0
+    await step(controller, fleet)
+    done = fleet.pod_by_ip("127.0.0.2")["metadata"].get("annotations") or {}
+    assert (None, None) == (done.get(DO_NOT_DISRUPT), done.get(SAFE_TO_EVICT))
+
+
+async def test_a_valid_config_edit_is_applied_and_an_invalid_one_refused_with_the_last_good_kept(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 10
+    fleet.k8s.put(
+        "configmaps",
+        NS,
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(maxReplicas=3)}},
+    )
+    await step(controller, fleet)
+    assert 3 == fleet.replicas  # the new maxReplicas is in force
+    assert 3 == controller.pools.states["amd64"].pool.max_replicas
+
+    broken = config_yaml(maxReplicas=3).replace("minReplicas: 1", "minReplicas: -4").replace("tolerance", "tolerence")
+    fleet.k8s.put("configmaps", NS, {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": broken}})
+    await step(controller, fleet)
+    refused = events(fleet.k8s, "InvalidConfig")
+    assert 1 == len(refused)
+    assert "Warning" == refused[0]["type"]
+    assert "ConfigMap" == refused[0]["involvedObject"]["kind"]
+    assert "pools[0].minReplicas" in refused[0]["message"]
+    assert 1.0 == sample(controller, "buildkit_autoscaler_config_errors_total")
+    assert 3 == controller.pools.states["amd64"].pool.max_replicas  # last good kept
+    await step(controller, fleet)
+    assert 1 == len(events(fleet.k8s, "InvalidConfig"))  # refused once, not every cycle
+
+
+async def test_a_conflict_on_the_scale_patch_writes_nothing_and_the_next_cycle_succeeds(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+
+    def is_scale_patch(request: Any) -> bool:
+        return request.method.value == "PATCH" and request.subresource == "scale"
+
+    fleet.k8s.handler[is_scale_patch][:1] << 409
+    await step(controller, fleet)
+    assert 2 == fleet.replicas
+    assert 1.0 == sample(controller, "buildkit_autoscaler_api_errors_total", operation="scale")
+    await step(controller, fleet)
+    assert 4 == fleet.replicas
+
+
+async def test_an_hpa_on_the_same_deployment_refuses_the_pool(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    fleet.k8s.put(
+        "horizontalpodautoscalers.autoscaling",
+        NS,
+        {
+            "metadata": {"name": "cpu"},
+            "spec": {
+                "scaleTargetRef": {"kind": "Deployment", "name": DEPLOY, "apiVersion": "apps/v1"},
+                "maxReplicas": 5,
+            },
+        },
+    )
+    await fleet.reconcile()
+    controller = await controller_factory()
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 5
+    await step(controller, fleet)
+    await step(controller, fleet)
+    assert 2 == fleet.replicas
+    refused = events(fleet.k8s, "PoolRefused")
+    assert 1 == len(refused)
+    assert "HorizontalPodAutoscaler cpu" in refused[0]["message"]
+    assert 1.0 == sample(controller, "buildkit_autoscaler_pool_refused", pool="amd64")
+
+
+async def test_a_replica_that_is_not_leader_writes_nothing(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory(leader=False)
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 5
+    writes_before = sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
+    await step(controller, fleet)
+    writes_after = sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
+    assert writes_before == writes_after
+    assert 6.0 == sample(controller, "buildkit_autoscaler_desired_replicas", pool="amd64")  # it still decides
+
+
+async def test_dry_run_logs_decisions_and_writes_nothing(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory(dry_run=True)
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 5
+    writes_before = sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
+    await step(controller, fleet)
+    assert writes_before == sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
+    assert 2 == fleet.replicas
+
+
+async def test_a_steady_cycle_makes_no_list_and_no_patch(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    sidecars.loads["127.0.0.2"] = 1  # need 2 = current: steady
+    await step(controller, fleet)
+    await step(controller, fleet)
+    before = len(fleet.k8s.calls)
+    await step(controller, fleet)
+    during = fleet.k8s.calls[before:]
+    assert [] == [c for c in during if c[0] in ("list", "patch")]
+    assert 2 == fleet.replicas
+
+
+_WRITES = ("patch", "create", "replace", "delete")
+
+
+async def test_losing_leadership_stops_every_write_and_regaining_it_resumes(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    elector = controller.actuator.elector
+    assert isinstance(elector, FixedElector)
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    assert 4 == fleet.replicas
+
+    elector.leader = False
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 4
+    writes = sum(1 for c in fleet.k8s.calls if c[0] in _WRITES)
+    for _ in range(3):
+        await step(controller, fleet)
+    assert writes == sum(1 for c in fleet.k8s.calls if c[0] in _WRITES)
+    assert 4 == fleet.replicas
+    assert 0.0 == controller.metrics.registry.get_sample_value("buildkit_autoscaler_is_leader")
+
+    elector.leader = True
+    await step(controller, fleet)
+    assert 8 == fleet.replicas  # +100 % per 15 s from 4 (the need is 9)
+
+
+async def test_a_pending_pod_with_an_ip_has_no_builds_rather_than_unknown_load(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 3}})
+    await fleet.reconcile()
+    pulling = fleet.pod_by_ip("127.0.0.4")  # its sandbox has an IP; its images are still being pulled
+    fleet.k8s.put(
+        "pods",
+        NS,
+        {
+            **pulling,
+            "status": {"phase": "Pending", "podIP": "127.0.0.4", "conditions": [{"type": "Ready", "status": "False"}]},
+        },
+    )
+    await sidecars.stop("127.0.0.4")
+    controller = await controller_factory()
+    sidecars.loads["127.0.0.2"] = sidecars.loads["127.0.0.3"] = 3
+    await step(controller, fleet)
+    # 6 builds, 2 per replica, +1 spare → 4; counted as unknown load it would have been 5
+    assert 4 == fleet.replicas
+    assert 0.0 == sample(controller, "buildkit_autoscaler_unreadable_pods", pool="amd64")
+
+
+async def test_a_pool_refused_for_an_hpa_resumes_when_the_hpa_goes_and_is_refused_again_if_it_returns(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    hpa = {
+        "metadata": {"name": "cpu"},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": DEPLOY, "apiVersion": "apps/v1"}, "maxReplicas": 5},
+    }
+    fleet.k8s.put("horizontalpodautoscalers.autoscaling", NS, hpa)
+    await fleet.reconcile()
+    controller = await controller_factory()
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    assert 2 == fleet.replicas
+    assert 1 == len(events(fleet.k8s, "PoolRefused"))
+
+    fleet.k8s.delete("horizontalpodautoscalers.autoscaling", NS, "cpu")
+    await step(controller, fleet)
+    assert 4 == fleet.replicas
+    assert 0.0 == sample(controller, "buildkit_autoscaler_pool_refused", pool="amd64")
+
+    fleet.k8s.put("horizontalpodautoscalers.autoscaling", NS, hpa)
+    await step(controller, fleet)
+    assert 2 == len(events(fleet.k8s, "PoolRefused"))
+    assert 1.0 == sample(controller, "buildkit_autoscaler_pool_refused", pool="amd64")
+
+
+async def test_a_deployment_selector_unreadable_at_config_time_is_read_again_next_cycle(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    # the pool takes the Deployment's own selector; the first read of the Deployment fails
+    fleet.k8s.put(
+        "configmaps",
+        NS,
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(selector=None)}},
+    )
+
+    def reads_the_deployment(request: Any) -> bool:
+        return request.method.value == "GET" and request.name == DEPLOY and request.subresource is None
+
+    fleet.k8s.handler[reads_the_deployment][:1] << 503
+    await fleet.reconcile()
+    controller = await controller_factory()
+    assert "its pod selector could not be read" == getattr(controller.pools.states["amd64"].refused, "reason", None)
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    await step(controller, fleet)
+    assert controller.pools.states["amd64"].refused is None
+    assert 4 == fleet.replicas
+
+
+async def test_an_edit_naming_a_deployment_that_does_not_exist_is_refused_and_the_last_good_kept(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    typo = config_yaml(deployment="buildkitd-amd46")
+    fleet.k8s.put("configmaps", NS, {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": typo}})
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+    await step(controller, fleet)
+    refused = events(fleet.k8s, "InvalidConfig")
+    assert 1 == len(refused)
+    assert "pools[0].deployment: deployments/buildkitd-amd46 not found" in refused[0]["message"]
+    assert DEPLOY == controller.pools.states["amd64"].pool.deployment  # the last good config still scales
+    assert 4 == fleet.replicas
