@@ -26,7 +26,7 @@ from sidecar import endpoints
 from sidecar.main import IDLE_CONNECTION_SECONDS
 from sidecar.settings import Settings
 from tests.conftest import Running
-from tests.sidecar.test_process import COMMAND, STARTUP_SECONDS, clean_env, free_port, spawn  # noqa: F401 - fixture
+from tests.sidecar.child import COMMAND, STARTUP_SECONDS, clean_env, free_port
 
 Factory = Callable[..., Awaitable[Running]]
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -303,7 +303,7 @@ async def rejected_upload(port: int, *, size: int) -> int:
 @pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 async def test_memory_stays_bounded_under_many_huge_rejected_bodies(
-    spawn: Callable[..., Awaitable[Any]],  # noqa: F811 - the fixture imported from test_process
+    spawn: Callable[..., Awaitable[Any]],
     tmp_path: Path,
 ) -> None:
     child = await spawn("--buildkit-addr", f"unix://{tmp_path}/absent.sock")
