@@ -16,16 +16,7 @@ import pytest
 import yaml
 
 from fakes.kubernetes import FakeCluster
-from tests.autoscaler.test_controller import (  # noqa: F401 - fixtures
-    DEPLOY,
-    NS,
-    Fleet,
-    Sidecars,
-    config_yaml,
-    events,
-    fleet,
-    sidecars,
-)
+from tests.autoscaler.fleet import DEPLOY, NS, Fleet, Sidecars, config_yaml, events
 
 pytestmark = [pytest.mark.looptime(False)]
 
@@ -100,8 +91,8 @@ def writes(k8s: FakeCluster) -> list[Any]:
 
 
 async def test_once_scales_the_deployment_to_its_builds_and_says_why(
-    fleet: Fleet,  # noqa: F811 - the fixtures imported from test_controller
-    sidecars: Sidecars,  # noqa: F811
+    fleet: Fleet,
+    sidecars: Sidecars,
     autoscaler: Run,
 ) -> None:
     await fleet.reconcile()
@@ -119,8 +110,8 @@ async def test_once_scales_the_deployment_to_its_builds_and_says_why(
 
 
 async def test_dry_run_once_logs_the_decision_and_writes_nothing(
-    fleet: Fleet,  # noqa: F811
-    sidecars: Sidecars,  # noqa: F811
+    fleet: Fleet,
+    sidecars: Sidecars,
     autoscaler: Run,
 ) -> None:
     await fleet.reconcile()
@@ -137,7 +128,7 @@ async def test_dry_run_once_logs_the_decision_and_writes_nothing(
 
 
 async def test_an_invalid_configmap_at_start_up_exits_2_naming_the_field(
-    fleet: Fleet,  # noqa: F811
+    fleet: Fleet,
     autoscaler: Run,
 ) -> None:
     broken = config_yaml(minReplicas=-4)

@@ -20,19 +20,7 @@ from autoscaler.config import Pool, PrometheusSource
 from autoscaler.controller.observe import view as pod_view
 from autoscaler.controller.sources.prometheus import fetch_pool, render_query
 from autoscaler.controller.sources.sidecars import SidecarStatus, Unreadable
-from tests.autoscaler.test_controller import (  # noqa: F401 - fixtures
-    DEPLOY,
-    NS,
-    Fleet,
-    Sidecars,
-    config_yaml,
-    controller_factory,
-    events,
-    fleet,
-    sample,
-    sidecars,
-    step,
-)
+from tests.autoscaler.fleet import DEPLOY, NS, Fleet, Sidecars, config_yaml, events, sample, step
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 POOL = Pool(name="amd64", namespace="buildkit", deployment="buildkitd-amd64", max_replicas=10)
@@ -327,9 +315,9 @@ def use(cluster: Fleet, config: str) -> None:
 
 
 async def test_a_surge_prometheus_reports_scales_up_without_asking_the_sidecars(
-    fleet: Fleet,  # noqa: F811 - the fixtures imported from test_controller
-    sidecars: Sidecars,  # noqa: F811
-    controller_factory: Any,  # noqa: F811
+    fleet: Fleet,
+    sidecars: Sidecars,
+    controller_factory: Any,
     prometheus: tuple[FakePrometheus, str],
 ) -> None:
     fake, url = prometheus
@@ -348,9 +336,9 @@ async def test_a_surge_prometheus_reports_scales_up_without_asking_the_sidecars(
 
 
 async def test_a_pod_prometheus_has_no_sample_for_blocks_scale_down_until_it_has_one(
-    fleet: Fleet,  # noqa: F811 - the fixtures imported from test_controller
-    sidecars: Sidecars,  # noqa: F811
-    controller_factory: Any,  # noqa: F811
+    fleet: Fleet,
+    sidecars: Sidecars,
+    controller_factory: Any,
     prometheus: tuple[FakePrometheus, str],
 ) -> None:
     fake, url = prometheus

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Running
-from tests.sidecar.test_process import Child, spawn  # noqa: F401 - the fixture
+from tests.sidecar.child import Child
 
 Factory = Callable[..., Awaitable[Running]]
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -137,7 +137,7 @@ async def test_any_bytes_as_a_bearer_token_are_a_json_401_never_a_5xx(
 @pytest.mark.looptime(False)
 @pytest.mark.subprocess
 async def test_the_token_never_appears_in_the_process_output_even_inside_malformed_requests(
-    spawn: Callable[..., Awaitable[Child]],  # noqa: F811 - the fixture imported from test_process
+    spawn: Callable[..., Awaitable[Child]],
     token_file: Path,
     tmp_path: Path,
 ) -> None:

@@ -1,0 +1,91 @@
+"""Reading the rendered deploy/ in the deploy tests: where the files are, picking objects
+and containers out of a render, and a builder's sidecar settings parsed exactly as the
+sidecar parses its own args and env. The renders themselves are fixtures (conftest.py).
+
+The tests need ``kubectl`` (1.27+, kustomize v5) and, for the alerts, Debian's
+``prometheus`` (``promtool``, ``prometheus``): .ci/run installs the latter. Nothing is
+skipped when one is missing: the test fails and says what to install.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoscaler.config import Config
+from sidecar.main import parser as sidecar_parser
+from sidecar.settings import Settings, from_sources
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BUILDER_TEMPLATE = DEPLOY / "base" / "builders" / "template" / "deployment.yaml"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+SCRIPTS: dict[str, str] = PYPROJECT["project"]["scripts"]
+
+Obj = dict[str, Any]
+
+
+def tool(name: str, install: str) -> str:
+    """The path of ``name`` on PATH; the test fails, saying how to install it, if it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not on PATH: {install}")
+    return path
+
+
+VARIANTS = ("deploy", "base", "with-dry-run")
+"""What is rendered: deploy/ as shipped (what `kubectl apply -k deploy` applies), the
+base alone, and an overlay of one's own adding the dry-run component."""
+
+
+def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objs: list[Obj], kind: str, name: str) -> Obj:
+    found = find(objs, kind, name)
+    assert 1 == len(found), f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def container(pod_spec: Obj, name: str) -> Obj:
+    for c in [*pod_spec.get("initContainers", []), *pod_spec.get("containers", [])]:
+        if c["name"] == name:
+            return dict(c)
+    raise AssertionError(f"no container {name!r}")
+
+
+def builders(objs: list[Obj], config: Config) -> Iterator[tuple[Any, Obj]]:
+    """Each pool with its builder Deployment."""
+    for pool in config.pools:
+        deployment = one(objs, "Deployment", pool.deployment)
+        assert pool.namespace == deployment["metadata"]["namespace"]
+        yield pool, deployment
+
+
+def sidecar_settings(pod_spec: Obj) -> Settings:
+    """The sidecar's settings exactly as the sidecar itself parses its container's args and env."""
+    sidecar = container(pod_spec, "sidecar")
+    assert sidecar["command"][0] in SCRIPTS, sidecar["command"]
+    args = sidecar_parser().parse_args(sidecar["args"])
+    assert "run" == args.command
+    environ = {e["name"]: e["value"] for e in sidecar.get("env", []) if "value" in e}
+    return from_sources(args, environ)
+
+
+def flag(args: list[str], name: str) -> list[str]:
+    """Every value of ``--name=value`` in ``args``."""
+    return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+
+
+def quantity_bytes(text: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?|k)?", str(text))
+    assert match, f"not a quantity: {text!r}"
+    return float(match[1]) * units.get(match[2] or "", 1)
