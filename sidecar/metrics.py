@@ -1,4 +1,4 @@
-"""Prometheus metrics. Names are a contract (README, alerts, dashboard).
+"""Prometheus metrics. Names are a contract (docs, alerts, dashboard).
 
 Counters and histograms are client objects updated as things happen; gauges
 are read from :class:`~sidecar.state.BuilderState` at scrape time by a

@@ -2,8 +2,8 @@
 
 Every tunable is a field with a unit in its name, a default with the reason
 for it, a range, a command-line flag and an environment variable. The flag
-table in the README is checked against :data:`OPTIONS` by the test suite, so
-the two cannot drift apart.
+table in docs/sidecar.md is checked against :data:`OPTIONS` by the test suite,
+so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ OPTIONS: tuple[Option, ...] = (
 
 
 def field_doc(name: str) -> str:
-    """The first sentence of a field's docstring, for --help and the README."""
+    """The first sentence of a field's docstring, for --help and the docs."""
     tree = ast.parse(inspect.getsource(Settings))
     body = tree.body[0].body  # type: ignore[attr-defined]
     for node, doc in itertools.pairwise(body):
@@ -258,7 +258,7 @@ def replace(settings: Settings, **changes: Any) -> Settings:
 
 
 def describe(options: Sequence[Option] = OPTIONS) -> list[dict[str, str]]:
-    """Rows for the README configuration table."""
+    """Rows for the flag table in docs/sidecar.md."""
     defaults = Settings()
     return [
         {

@@ -3,7 +3,7 @@
 * :mod:`.schema`: the frozen pydantic models, their ranges and the reasons for the defaults;
 * :mod:`.loading`: YAML (or a ConfigMap manifest) into a validated :class:`Config`;
 * :mod:`.errors`: :class:`ConfigError`, every problem as ``field.path: reason``;
-* :mod:`.reference_table`: every key as a row of the README's configuration table.
+* :mod:`.reference_table`: every key as a row of the configuration table (docs/configuration.md).
 
 Pure: no network library is imported here (the layering check in ``make test`` enforces it).
 """

@@ -1,7 +1,7 @@
-"""Every key of ``config.yaml`` with its type, default, range and reason: the README's table.
+"""Every key of ``config.yaml`` with its type, default, range and reason: docs/configuration.md's table.
 
 Generated from the models themselves (:mod:`autoscaler.config.schema`), and checked
-against the README by a test, so the documentation cannot drift from the code.
+against the docs by a test, so the documentation cannot drift from the code.
 """
 
 from __future__ import annotations

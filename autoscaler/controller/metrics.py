@@ -1,4 +1,4 @@
-"""The autoscaler's Prometheus metrics (names are a contract: README, alerts)."""
+"""The autoscaler's Prometheus metrics (names are a contract: docs, alerts)."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ class Timing:
     deregistration_seconds: float = 1.0
     """The load balancer keeps sending to a pod this long after it stopped being ready."""
     drain_min_seconds: float = 1.8
-    """The sidecar's --drain-min-seconds: above deregistration plus a probe period, as the README advises."""
+    """The sidecar's --drain-min-seconds: above deregistration plus a probe period, as docs/sidecar.md advises."""
     drain_quiet_seconds: float = 0.25
     drain_timeout_seconds: float = 14.0
     """Above the longest build plus the deregistration window."""
