@@ -43,6 +43,10 @@ from autoscaler.policy import Decision, Observation
 
 log = structlog.get_logger("autoscaler.controller")
 
+SUMMARY_INTERVAL_SECONDS = 300.0
+"""How often each pool's ``pool_summary`` line is written while nothing changes: a held pool
+still says what it sees, at 12 lines an hour per pool."""
+
 
 class StartupError(Exception):
     """The controller cannot start (no valid config, RBAC); the message says why."""
@@ -244,8 +248,32 @@ class Controller:
         now = self.clock()
         decision = state.stepper.step(Observation(current_replicas=scale.replicas, pods=views), now=now)
         self._export(state, decision)
+        self._log(state, decision, unknown=observe.unknown_reasons(views, statuses), now=now)
         await self.actuator.act(state, decision, scale=scale, views=views, pods=pods, now=now)
         return decision
+
+    def _log(self, state: PoolState, decision: Decision, *, unknown: dict[str, str], now: float) -> None:
+        """``decision`` when what it says changes; ``pool_summary`` at most every SUMMARY_INTERVAL_SECONDS."""
+        fields = {
+            "pool": state.pool.name,
+            "current": decision.current_replicas,
+            "desired": decision.desired_replicas,
+            "recommended": decision.recommended_replicas,
+            "active_builds": decision.active_builds,
+            "limits": [limit.value for limit in decision.limits],
+            "unknown_pods": unknown,
+            "min_replicas": state.pool.min_replicas,
+            "max_replicas": state.pool.max_replicas,
+        }
+        said = (decision.current_replicas, decision.desired_replicas, decision.limits, tuple(sorted(unknown.items())))
+        if said != state.logged:
+            state.logged = said
+            log.info("decision", **fields, reason=decision.reason)
+        elif state.summarized_at is None or now - state.summarized_at >= SUMMARY_INTERVAL_SECONDS:
+            log.info("pool_summary", **fields, reason=decision.reason)
+        else:
+            return
+        state.summarized_at = now
 
     def _export(self, state: PoolState, decision: Decision) -> None:
         m = self.metrics

@@ -57,6 +57,22 @@ def view(pod: Any, status: SidecarStatus | Unreadable | None, *, pool: Pool) -> 
     )
 
 
+def unknown_reasons(views: tuple[PodView, ...], statuses: dict[str, SidecarStatus | Unreadable]) -> dict[str, str]:
+    """Each pod of unknown load, by name, with why (what the ``decision`` log line names)."""
+    reasons: dict[str, str] = {}
+    for pod in views:
+        if pod.active_builds is not None:
+            continue
+        status = statuses.get(pod.name)
+        if isinstance(status, Unreadable):
+            reasons[pod.name] = status.reason
+        elif isinstance(status, SidecarStatus) and status.active_count is None:
+            reasons[pod.name] = "its sidecar cannot read buildkitd (active_count null)"
+        else:
+            reasons[pod.name] = "it reports another arch than the pool's"
+    return reasons
+
+
 async def loads(
     http: aiohttp.ClientSession, *, pool: Pool, config: Config, pods: list[Any]
 ) -> dict[str, SidecarStatus | Unreadable]:

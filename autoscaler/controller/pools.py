@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from autoscaler.config import Config, Pool
 from autoscaler.controller.kube import Kube, KubeError
 from autoscaler.controller.watching import WatchCache
-from autoscaler.policy import Direction, PoolStepper
+from autoscaler.policy import PoolStepper
 
 log = structlog.get_logger("autoscaler.controller")
 
@@ -43,8 +43,10 @@ class PoolState:
     """Set when the pool cannot be managed under this config (its selector could not be read)."""
     reported: Refusal | None = None
     """The refusal last announced with an Event: announce each once, and again if it recurs."""
-    last_direction: Direction | None = None
-    annotated: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    logged: tuple[object, ...] | None = None
+    """What the last ``decision`` log line said (replicas, limits, unknown pods): log again on a change."""
+    summarized_at: float | None = None
+    """When the last ``pool_summary`` line was written (loop time)."""
 
 
 def selector_string(labels: dict[str, str]) -> str:

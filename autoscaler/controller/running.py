@@ -140,10 +140,7 @@ async def run(options: Options) -> int:
             if options.once:
                 if not await controller.wait_synced(timeout_seconds=SYNC_TIMEOUT_SECONDS):
                     log.warning("caches_not_synced", note="pools not listed yet are skipped this cycle")
-                decisions = await controller.cycle()
-                for pool, decision in decisions.items():
-                    log.info("decision", pool=pool, current=decision.current_replicas,
-                             desired=decision.desired_replicas, reason=decision.reason)  # fmt: skip
+                await controller.cycle()  # logs each pool's ``decision``
                 return EXIT_OK
             return await _serve(options, controller=controller, elector=elector, metrics=metrics, stop=stop)
         finally:
