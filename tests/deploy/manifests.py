@@ -40,11 +40,11 @@ def tool(name: str, install: str) -> str:
     return path
 
 
-VARIANTS = ("deploy", "base", "with-components", "with-dry-run")
+VARIANTS = ("deploy", "base", "with-components", "with-dry-run", "with-pool")
 """What is rendered: deploy/ as shipped (what `kubectl apply -k deploy` applies: no CRD),
 deploy/base alone, and overlays outside deploy/, as a user's GitOps repository has them:
 the guide's (docs/deployment.md, "Your overlay": the cert-manager and monitoring
-components on) and one adding the dry-run component."""
+components on), one adding the dry-run component, and the guide's "Adding a pool"."""
 
 
 def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:

@@ -1,12 +1,13 @@
 """The autoscaler's RBAC read two ways: what its code calls (derived from the code, through
 the generated Kubernetes client to the REST path and verb), and what a rendered Role
-grants. The deploy tests compare the two."""
+grants, per resource and per name. The deploy tests compare the two."""
 
 from __future__ import annotations
 
 import ast
 import inspect
 import re
+from collections import defaultdict
 
 from kubernetes_asyncio import client as kube_client
 
@@ -96,3 +97,16 @@ def role_permissions(role: Obj) -> set[Permission]:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
+
+
+def grants_by_name(role: Obj) -> dict[tuple[str, str, str | None], set[str]]:
+    """(apiGroup, resource, name) -> the verbs the Role grants on it; ``None`` as the name
+    for a rule without ``resourceNames`` (any object of that resource)."""
+    grants: dict[tuple[str, str, str | None], set[str]] = defaultdict(set)
+    for rule in role["rules"]:
+        names: list[str | None] = list(rule.get("resourceNames", [])) or [None]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for name in names:
+                    grants[group, resource, name] |= set(rule["verbs"])
+    return dict(grants)

@@ -77,7 +77,7 @@ def test_the_variants_render_what_they_promise(renders: dict[str, list[Obj]]) ->
         one(renders["with-dry-run"], "Deployment", "buildkit-autoscaler")["spec"]["template"]["spec"], "autoscaler"
     )
     assert "--dry-run" in autoscaler["args"]
-    for variant in ("deploy", "with-components"):
+    for variant in ("deploy", "with-components", "with-pool"):
         shipped_autoscaler = one(renders[variant], "Deployment", "buildkit-autoscaler")
         assert "--dry-run" not in container(shipped_autoscaler["spec"]["template"]["spec"], "autoscaler")["args"]
     for variant, objs in renders.items():
