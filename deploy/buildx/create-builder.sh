@@ -13,7 +13,9 @@
 # to the arm64 node, and assembles one multi-platform image.
 #
 # Client certificate: ca.crt, tls.crt and tls.key of a certificate signed by
-# the fleet's CA (with components/cert-manager, the buildx-client-tls Secret):
+# the fleet's CA. Without cert-manager, the openssl steps of docs/deployment.md
+# ("Without cert-manager") write them into certs/. With components/cert-manager,
+# they are the buildx-client-tls Secret's:
 #
 #   kubectl -n buildkit get secret buildx-client-tls -o jsonpath='{.data.ca\.crt}' | base64 -d > certs/ca.crt
 #   kubectl -n buildkit get secret buildx-client-tls -o jsonpath='{.data.tls\.crt}' | base64 -d > certs/tls.crt

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from autoscaler.config import Config, load_config
-from tests.deploy.manifests import DEPLOY, Obj, tool
+from tests.deploy import documented
+from tests.deploy.manifests import DEPLOY, ROOT, Obj, tool
 
 
 def kubectl() -> str:
@@ -42,15 +43,51 @@ def _own_overlay(tmp: Path, *, components: list[str]) -> Path:
     return tmp
 
 
+def guide_overlay(tmp: Path, heading: str) -> Path:
+    """The overlay a section of docs/deployment.md shows, written out verbatim as the guide
+    lays it out: ``fleet/`` next to a clone of this repository in ``buildkit-fleet/`` (here a
+    symlink to it). A pool block in the section (a YAML list) is appended to the pools of a
+    copy of deploy/config.yaml, which is what the guide says ``fleet/config.yaml`` is."""
+    text = documented.section(heading)
+    shown = documented.files(text, prefix="fleet/")
+    assert "fleet/kustomization.yaml" in shown, f"docs/deployment.md {heading!r} shows no fleet/kustomization.yaml"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "buildkit-fleet").symlink_to(ROOT, target_is_directory=True)
+    for path, body in shown.items():
+        (tmp / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / path).write_text(body, encoding="utf-8")
+    pools = [p for b in documented.blocks(text, "yaml") if isinstance(p := yaml.safe_load(b), list)]
+    if pools:
+        config = yaml.safe_load((DEPLOY / "config.yaml").read_text(encoding="utf-8"))
+        config["pools"] += [pool for block in pools for pool in block]
+        (tmp / "fleet" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return tmp / "fleet"
+
+
 @pytest.fixture(scope="package")
 def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
-    overlay = _own_overlay(tmp_path_factory.mktemp("overlay"), components=["dry-run"])
-    return {"deploy": kustomize(DEPLOY), "base": kustomize(DEPLOY / "base"), "with-dry-run": kustomize(overlay)}
+    dry_run = _own_overlay(tmp_path_factory.mktemp("overlay"), components=["dry-run"])
+    with_components = guide_overlay(tmp_path_factory.mktemp("guide"), "### Your overlay")
+    with_pool = guide_overlay(tmp_path_factory.mktemp("guide-pool"), "## Adding a pool")
+    return {
+        "deploy": kustomize(DEPLOY),
+        "base": kustomize(DEPLOY / "base"),
+        "with-components": kustomize(with_components),
+        "with-dry-run": kustomize(dry_run),
+        "with-pool": kustomize(with_pool),
+    }
 
 
 @pytest.fixture(scope="package")
 def shipped(renders: dict[str, list[Obj]]) -> list[Obj]:
+    """What ``kubectl apply -k deploy`` applies: the base, no component."""
     return renders["deploy"]
+
+
+@pytest.fixture(scope="package")
+def composed(renders: dict[str, list[Obj]]) -> list[Obj]:
+    """The guide's own overlay: deploy/ with the cert-manager and monitoring components on."""
+    return renders["with-components"]
 
 
 @pytest.fixture(scope="package")

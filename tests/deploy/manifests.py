@@ -2,9 +2,10 @@
 and containers out of a render, and a builder's sidecar settings parsed exactly as the
 sidecar parses its own args and env. The renders themselves are fixtures (conftest.py).
 
-The tests need ``kubectl`` (1.27+, kustomize v5) and, for the alerts, Debian's
-``prometheus`` (``promtool``, ``prometheus``): .ci/run installs the latter. Nothing is
-skipped when one is missing: the test fails and says what to install.
+The tests need ``kubectl`` (1.27+, kustomize v5), ``openssl`` for the guide's certificate
+steps, and, for the alerts, Debian's ``prometheus`` (``promtool``, ``prometheus``):
+.ci/run installs the last two. Nothing is skipped when one is missing: the test fails and
+says what to install.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def tool(name: str, install: str) -> str:
     return path
 
 
-VARIANTS = ("deploy", "base", "with-dry-run")
-"""What is rendered: deploy/ as shipped (what `kubectl apply -k deploy` applies), the
-base alone, and an overlay of one's own adding the dry-run component."""
+VARIANTS = ("deploy", "base", "with-components", "with-dry-run", "with-pool")
+"""What is rendered: deploy/ as shipped (what `kubectl apply -k deploy` applies: no CRD),
+deploy/base alone, and overlays outside deploy/, as a user's GitOps repository has them:
+the guide's (docs/deployment.md, "Your overlay": the cert-manager and monitoring
+components on), one adding the dry-run component, and the guide's "Adding a pool"."""
 
 
 def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:

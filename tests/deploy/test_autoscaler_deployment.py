@@ -1,100 +1,14 @@
 """The autoscaler's manifests fit its code: the Role grants exactly the Kubernetes calls the
-code makes (derived from the code), the ConfigMap is deploy/config.yaml and passes the
-autoscaler's validation, and it runs two replicas with an identity and a disruption budget."""
+code makes (derived from the code; the names it grants them on are test_pools.py's), the
+ConfigMap is deploy/config.yaml and passes the autoscaler's validation, and it runs two
+replicas with an identity and a disruption budget."""
 
 from __future__ import annotations
 
-import ast
-import inspect
-import re
-
-from kubernetes_asyncio import client as kube_client
-
 from autoscaler.config import Config, load_config
 from common.addresses import host_port
-from tests.deploy.manifests import DEPLOY, ROOT, SCRIPTS, Obj, container, find, flag, one
-
-
-def _api_classes() -> dict[str, type]:
-    """The kubernetes_asyncio API classes the autoscaler constructs (``client.XxxApi(...)``)."""
-    names: set[str] = set()
-    for path in (ROOT / "autoscaler").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr.endswith("Api")
-                and node.func.attr != "ApiClient"
-            ):
-                names.add(node.func.attr)
-    assert names, "no API classes found in autoscaler/"
-    return {name: getattr(kube_client, name) for name in names}
-
-
-def _endpoint(api: type, method: str) -> tuple[str, str]:
-    """The (path, HTTP method) the generated client calls for ``method``."""
-    source = inspect.getsource(getattr(api, method + "_with_http_info"))
-    match = re.search(r"call_api\(\s*'([^']+)',\s*'([A-Z]+)'", source)
-    assert match, f"{api.__name__}.{method}: no call_api found"
-    return match[1], match[2]
-
-
-def _permission(path: str, http: str) -> tuple[str, str, str]:
-    """(apiGroup, resource[/subresource], verb) for one REST call."""
-    parts = path.strip("/").split("/")
-    group = "" if parts[0] == "api" else parts[1]
-    rest = parts[2:] if parts[0] == "api" else parts[3:]
-    if rest[:1] == ["namespaces"] and len(rest) > 2:
-        rest = rest[2:]
-    resource, named, sub = rest[0], len(rest) > 1, rest[2:3]
-    verb = {"GET": "get" if named else "list", "POST": "create", "PUT": "update", "PATCH": "patch"}.get(http)
-    if http == "DELETE":
-        verb = "delete" if named else "deletecollection"
-    assert verb, f"{http} {path}"
-    return group, "/".join([resource, *sub]), verb
-
-
-def code_permissions() -> set[tuple[str, str, str]]:
-    """What the autoscaler's code calls, derived from the code: every API method it names
-    (mapped through the generated client to its REST path and verb), and ``watch`` for
-    every list call it hands to a watch-backed cache (``WatchCache(list_call=...)``)."""
-    classes = _api_classes()
-    methods = {
-        m for cls in classes.values() for m in vars(cls) if not m.startswith("_") and not m.endswith("_with_http_info")
-    }
-    used: set[str] = set()
-    watched: set[str] = set()
-    for path in (ROOT / "autoscaler").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and node.attr in methods:
-                used.add(node.attr)
-            if isinstance(node, ast.keyword) and node.arg == "list_call" and isinstance(node.value, ast.Attribute):
-                watched.add(node.value.attr)
-    # The watch cache really does watch what it lists.
-    watching = (ROOT / "autoscaler" / "controller" / "watching.py").read_text(encoding="utf-8")
-    assert "watch.Watch()" in watching
-    assert "stream(\n                self._list" in watching
-    assert used, "no Kubernetes API calls found in autoscaler/"
-    grants: set[tuple[str, str, str]] = set()
-    for method in used:
-        owners = [cls for cls in classes.values() if method in vars(cls)]
-        assert 1 == len(owners), f"{method}: ambiguous between {owners}"
-        group, resource, verb = _permission(*_endpoint(owners[0], method))
-        grants.add((group, resource, verb))
-        if method in watched:
-            assert "list" == verb
-            grants.add((group, resource, "watch"))
-    return grants
-
-
-def role_permissions(role: Obj) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
+from tests.deploy.manifests import DEPLOY, SCRIPTS, Obj, container, find, flag, one
+from tests.deploy.rbac import code_permissions, role_permissions
 
 
 def test_the_role_grants_what_the_autoscaler_calls_and_nothing_more(shipped: list[Obj], config: Config) -> None:
@@ -108,21 +22,8 @@ def test_the_role_grants_what_the_autoscaler_calls_and_nothing_more(shipped: lis
 
     autoscaler = one(shipped, "Deployment", "buildkit-autoscaler")
     args = container(autoscaler["spec"]["template"]["spec"], "autoscaler")["args"]
-    config_ns, config_name = flag(args, "config-map")[0].split("/")
-    lease_ns, lease_name = flag(args, "lease")[0].split("/")
-    expected_names = {
-        ("", "configmaps"): {config_name},
-        ("apps", "deployments"): {p.deployment for p in config.pools},
-        ("apps", "deployments/scale"): {p.deployment for p in config.pools},
-    }
-    for rule in role["rules"]:
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                names = set(rule.get("resourceNames", []))
-                if (group, resource) in expected_names:
-                    assert expected_names[group, resource] == names, (group, resource)
-                elif (group, resource) == ("coordination.k8s.io", "leases"):
-                    assert ({lease_name} == names) or (rule["verbs"] == ["create"] and not names)
+    config_ns = flag(args, "config-map")[0].split("/")[0]
+    lease_ns = flag(args, "lease")[0].split("/")[0]
     namespace = role["metadata"]["namespace"]
     assert {namespace} == {config_ns, lease_ns} | {p.namespace for p in config.pools}
 

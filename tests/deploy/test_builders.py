@@ -163,9 +163,10 @@ def test_state_volume_and_ephemeral_storage_leave_room_for_the_build_cache(shipp
             assert "memory" in c["resources"]["limits"], c["name"]
 
 
-def test_buildkitd_serves_mtls_from_the_certificate_secret(shipped: list[Obj], config: Config) -> None:
-    server_cert = one(shipped, "Certificate", "buildkitd-tls")
-    for pool, deployment in builders(shipped, config):
+def test_buildkitd_serves_mtls_from_the_certificate_secret(composed: list[Obj], config: Config) -> None:
+    """With the cert-manager component on (tests/deploy/test_tls.py: the same Secret made by hand)."""
+    server_cert = one(composed, "Certificate", "buildkitd-tls")
+    for pool, deployment in builders(composed, config):
         spec = deployment["spec"]["template"]["spec"]
         buildkitd = container(spec, "buildkitd")
         tcp = [a for a in flag(buildkitd["args"], "addr") if a.startswith("tcp://")]
@@ -178,11 +179,11 @@ def test_buildkitd_serves_mtls_from_the_certificate_secret(shipped: list[Obj], c
         assert server_cert["spec"]["secretName"] == volume["secret"]["secretName"]
         # cert-manager's Secret keys
         assert {"ca.crt", "tls.crt", "tls.key"} == {Path(v[0]).name for v in files.values()}
-        service = one(shipped, "Service", pool.deployment)
+        service = one(composed, "Service", pool.deployment)
         assert (
             f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc" in server_cert["spec"]["dnsNames"]
         )
-    assert ["client auth"] == one(shipped, "Certificate", "buildx-client")["spec"]["usages"]
+    assert ["client auth"] == one(composed, "Certificate", "buildx-client")["spec"]["usages"]
 
 
 def test_network_policies_admit_the_ports_in_use_and_deny_the_rest(shipped: list[Obj], config: Config) -> None:
@@ -209,11 +210,13 @@ def test_network_policies_admit_the_ports_in_use_and_deny_the_rest(shipped: list
         assert ports == admitted, template["metadata"]["labels"]
 
 
-def test_the_buildx_example_points_one_node_per_arch_at_its_service(shipped: list[Obj], config: Config) -> None:
+def test_the_buildx_example_points_one_node_per_arch_at_its_service(
+    shipped: list[Obj], composed: list[Obj], config: Config
+) -> None:
     script = (DEPLOY / "buildx" / "create-builder.sh").read_text(encoding="utf-8")
     done = subprocess.run(["sh", "-n", str(DEPLOY / "buildx" / "create-builder.sh")], capture_output=True, check=False)
     assert 0 == done.returncode, done.stderr
-    server_names = one(shipped, "Certificate", "buildkitd-tls")["spec"]["dnsNames"]
+    server_names = one(composed, "Certificate", "buildkitd-tls")["spec"]["dnsNames"]
     for pool in config.pools:
         service = one(shipped, "Service", pool.deployment)
         port = service["spec"]["ports"][0]["port"]

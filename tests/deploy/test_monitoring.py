@@ -42,21 +42,21 @@ def promtool() -> str:
     return tool("promtool", "install Debian's prometheus package (apt-get install prometheus), as .ci/run does")
 
 
-def rules_file(shipped: list[Obj], directory: Path) -> Path:
-    (rule,) = find(shipped, "PrometheusRule")
+def rules_file(objs: list[Obj], directory: Path) -> Path:
+    (rule,) = find(objs, "PrometheusRule")
     path = directory / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
     return path
 
 
-def alert_rules(shipped: list[Obj]) -> list[Obj]:
-    (rule,) = find(shipped, "PrometheusRule")
+def alert_rules(objs: list[Obj]) -> list[Obj]:
+    (rule,) = find(objs, "PrometheusRule")
     return [r for g in rule["spec"]["groups"] for r in g["rules"]]
 
 
-def dashboard(shipped: list[Obj]) -> Obj:
+def dashboard(objs: list[Obj]) -> Obj:
     (configmap,) = [
-        c for c in find(shipped, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        c for c in find(objs, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
     ]
     ((name, text),) = configmap["data"].items()
     assert name.endswith(".json")
@@ -68,12 +68,12 @@ def dashboard_queries(board: Obj) -> list[str]:
     return [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
 
 
-def test_alert_rules_pass_promtool(shipped: list[Obj], tmp_path: Path) -> None:
+def test_alert_rules_pass_promtool(composed: list[Obj], tmp_path: Path) -> None:
     done = subprocess.run(
-        [promtool(), "check", "rules", str(rules_file(shipped, tmp_path))], capture_output=True, text=True, check=False
+        [promtool(), "check", "rules", str(rules_file(composed, tmp_path))], capture_output=True, text=True, check=False
     )
     assert 0 == done.returncode, done.stdout + done.stderr
-    names = {r["alert"] for r in alert_rules(shipped)}
+    names = {r["alert"] for r in alert_rules(composed)}
     # the alerts the issue asks for
     assert {
         "BuildkitdDown",
@@ -94,19 +94,19 @@ def exposed_metric_names() -> set[str]:
     return {family.name + s for family in registry.collect() for s in suffixes.get(family.type, [""])}
 
 
-def test_alerts_and_dashboard_use_only_metrics_the_code_exposes(shipped: list[Obj]) -> None:
+def test_alerts_and_dashboard_use_only_metrics_the_code_exposes(composed: list[Obj]) -> None:
     exposed = exposed_metric_names()
-    queries = [r["expr"] for r in alert_rules(shipped)] + dashboard_queries(dashboard(shipped))
+    queries = [r["expr"] for r in alert_rules(composed)] + dashboard_queries(dashboard(composed))
     used = {m for q in queries for m in re.findall(r"\bbuildkit_[a-z_]+\b", q)}
     assert used, "no buildkit_* metric referenced"
     assert set() == used - exposed
 
 
-def test_drain_alerts_fire_at_the_drain_deadline(shipped: list[Obj], config: Config) -> None:
+def test_drain_alerts_fire_at_the_drain_deadline(composed: list[Obj], config: Config) -> None:
     (deadline,) = {
-        sidecar_settings(d["spec"]["template"]["spec"]).drain_timeout_seconds for _, d in builders(shipped, config)
+        sidecar_settings(d["spec"]["template"]["spec"]).drain_timeout_seconds for _, d in builders(composed, config)
     }
-    rules = {r["alert"]: r["expr"] for r in alert_rules(shipped)}
+    rules = {r["alert"]: r["expr"] for r in alert_rules(composed)}
     overran = re.search(r"> (\d+(?:\.\d+)?)\s*$", rules["BuildkitDrainOverran"])
     near = re.search(r"> (\d+(?:\.\d+)?)\s*$", rules["BuildkitDrainNearDeadline"])
     assert overran
@@ -115,8 +115,8 @@ def test_drain_alerts_fire_at_the_drain_deadline(shipped: list[Obj], config: Con
     assert math.isclose(0.8 * deadline, float(near[1]))
 
 
-def test_the_grafana_dashboard_is_well_formed(shipped: list[Obj]) -> None:
-    board = dashboard(shipped)
+def test_the_grafana_dashboard_is_well_formed(composed: list[Obj]) -> None:
+    board = dashboard(composed)
     assert board["uid"]
     assert board["title"]
     assert {"datasource", "arch"} <= {v["name"] for v in board["templating"]["list"]}
@@ -225,11 +225,12 @@ def _fake_cluster(k8s: FakeCluster, *, config: str, pool: Any) -> None:
 
 @pytest.fixture
 async def stack(
-    daemon: FakeBuildkitd, k8s: FakeCluster, shipped: list[Obj], config: Config, tmp_path: Path
+    daemon: FakeBuildkitd, k8s: FakeCluster, composed: list[Obj], config: Config, tmp_path: Path
 ) -> AsyncIterator[Prom]:
     """The real sidecar against the fake buildkitd; the real autoscaler against the fake
     API server, reading active builds from Prometheus (``source: prometheus``, the default
-    query); and Debian's Prometheus scraping both every 0.5 s with the shipped alert rules.
+    query); and Debian's Prometheus scraping both every 0.5 s with the shipped alert rules
+    (the monitoring component's, as the guide's overlay switches it on).
     The scrape labels are the ones the Prometheus Operator's PodMonitor gives (namespace, pod)."""
     prometheus = tool("prometheus", "install Debian's prometheus package (apt-get install prometheus)")
     for script in (SIDECAR, AUTOSCALER):
@@ -260,7 +261,7 @@ async def stack(
 
     prometheus_config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(rules_file(shipped, tmp_path))],
+        "rule_files": [str(rules_file(composed, tmp_path))],
         "scrape_configs": [
             {
                 "job_name": "buildkitd",
@@ -323,7 +324,7 @@ async def _rules(prom: Prom) -> list[Obj]:
 
 @pytest.mark.looptime(False)
 async def test_a_real_prometheus_follows_the_builds_and_the_autoscaler_scales_from_it(
-    stack: Prom, daemon: FakeBuildkitd, k8s: FakeCluster, shipped: list[Obj]
+    stack: Prom, daemon: FakeBuildkitd, k8s: FakeCluster, composed: list[Obj]
 ) -> None:
     prom = stack
     active = 'buildkit_sidecar_active_builds{job="buildkitd", arch="amd64"}'
@@ -345,9 +346,9 @@ async def test_a_real_prometheus_follows_the_builds_and_the_autoscaler_scales_fr
     await prom.until('buildkit_autoscaler_active_builds{job="buildkit-autoscaler", pool="amd64"}', 0)
 
     # Every alert and every dashboard query is valid PromQL over these series...
-    for rule in alert_rules(shipped):
+    for rule in alert_rules(composed):
         await prom.query(rule["expr"])
-    for expr in dashboard_queries(dashboard(shipped)):
+    for expr in dashboard_queries(dashboard(composed)):
         await prom.query(expr.replace("$__rate_interval", "1m").replace("$arch", ".*"))
 
     # ...and Prometheus evaluated every loaded rule without an error, with nothing
@@ -361,5 +362,5 @@ async def test_a_real_prometheus_follows_the_builds_and_the_autoscaler_scales_fr
             break
         assert loop.time() < deadline, [(r["name"], r["health"], r.get("alerts")) for r in rules]
         await asyncio.sleep(SCRAPE_SECONDS)
-    assert {r["alert"] for r in alert_rules(shipped)} == {r["name"] for r in rules}
+    assert {r["alert"] for r in alert_rules(composed)} == {r["name"] for r in rules}
     assert [] == [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
