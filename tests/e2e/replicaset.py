@@ -1,11 +1,16 @@
-"""The fleet's ReplicaSet: keeps each pool's pods at its Deployment's replicas, deleting victims as Kubernetes does."""
+"""The fleet's ReplicaSet: keeps each pool's pods at its Deployment's replicas, deleting victims as Kubernetes does.
+
+The victim order is not written here: it is :mod:`autoscaler.policy.replicaset`, the one
+model of it that the simulator uses too; this module only says what the ReplicaSet knows
+of each pod (:meth:`ReplicaSet.candidate`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
+from autoscaler.policy.replicaset import Candidate, victims
 from tests.e2e.balancer import Balancer
 from tests.e2e.cluster import Cluster
 from tests.e2e.fleet import NS, Figures, Pod, PoolSpec, Slot, Timing, now
@@ -73,7 +78,7 @@ class ReplicaSet:
             for slot in free[: want - len(live)]:
                 self._create_pod(pool, slot)
         elif len(live) > want:
-            chosen = sorted(live, key=self._deletion_rank)[: len(live) - want]
+            chosen = victims(live, len(live) - want, candidate=self.candidate)
             busy = [v for v in chosen if v.slot.alive and v.slot.daemon.active]
             self.figures.scale_down_victims += len(chosen)
             self.figures.busy_victims += len(busy)
@@ -82,19 +87,19 @@ class ReplicaSet:
             for victim in chosen:
                 self._delete_pod(victim)
 
-    def _deletion_rank(self, pod: Pod) -> tuple[Any, ...]:
-        """The ReplicaSet's order (``ActivePodsWithRanks``): first in the list goes first."""
+    def candidate(self, pod: Pod) -> Candidate:
+        """What the ReplicaSet knows of ``pod``: its phase, readiness and deletion-cost annotation."""
         obj = self.cluster.objects.get(("pods", NS, pod.name), {})
         try:
             cost = int((obj.get("metadata", {}).get("annotations") or {}).get(DELETION_COST, "0"))
         except ValueError:
-            cost = 0
-        return (
-            pod.running,  # unscheduled / Pending before Running
-            pod.ready,  # not ready before ready
-            cost,  # lower pod-deletion-cost first
-            -(pod.ready_at or 0.0),  # ready for the shorter time first
-            -pod.created_at,  # newer first
+            cost = 0  # as Kubernetes reads it (its API server refuses such an annotation anyway)
+        return Candidate(
+            running=pod.running,
+            ready=pod.ready,
+            deletion_cost=cost,
+            ready_since=pod.ready_at if pod.ready else None,
+            created_at=pod.created_at,
         )
 
     def _create_pod(self, pool: PoolSpec, slot: Slot) -> None:
