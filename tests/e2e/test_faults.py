@@ -17,20 +17,8 @@ from typing import Any
 import pytest
 from kmock import Response  # type: ignore[attr-defined]
 
-from tests.e2e.harness import (
-    IDENTITIES,
-    LEASE_DURATION_SECONDS,
-    NS,
-    REPORT,
-    RETRY_PERIOD_SECONDS,
-    SMALL_POOLS,
-    Harness,
-    PoolSpec,
-    events,
-    set_replicas,
-    status_of,
-    write_report,
-)
+from tests.e2e.fleet import IDENTITIES, LEASE_DURATION_SECONDS, NS, RETRY_PERIOD_SECONDS, SMALL_POOLS, PoolSpec
+from tests.e2e.harness import REPORT, Harness, events, set_replicas, status_of, write_report
 
 pytestmark = [pytest.mark.looptime(False), pytest.mark.subprocess, pytest.mark.e2e]
 

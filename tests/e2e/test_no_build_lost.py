@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import IDENTITIES, REPORT, Harness, write_report
+from tests.e2e.fleet import IDENTITIES
+from tests.e2e.harness import REPORT, Harness, write_report
 
 pytestmark = [pytest.mark.looptime(False), pytest.mark.subprocess, pytest.mark.e2e]
 

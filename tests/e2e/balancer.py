@@ -1,0 +1,124 @@
+"""The fleet's clients and load balancer: bursts of builds, routed to ready pods, and for a while to pods leaving.
+
+A real load balancer keeps sending to a target for its deregistration delay after the
+target stopped being ready or began terminating: the window the sidecar's drain covers.
+Every build is accounted: completed, or lost because its buildkitd was killed under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from tests.e2e.fleet import FOREVER, Figures, Load, Pod, PoolSpec, Timing, now, until
+
+
+class Balancer:
+    """The load generator (one loop per pool) and the balancer it sends through."""
+
+    def __init__(
+        self,
+        *,
+        pods: dict[str, list[Pod]],
+        load: Load,
+        timing: Timing,
+        figures: Figures,
+    ) -> None:
+        self.pods = pods
+        self.load = load
+        self.timing = timing
+        self.figures = figures
+        self.load_on = asyncio.Event()
+        """Set: the generator sends bursts; cleared: it pauses (builds already sent run on)."""
+        self.builds: set[asyncio.Task[None]] = set()
+
+    # -- the endpoints: which pods the balancer routes to -----------------------------------------
+
+    def register(self, pod: Pod) -> None:
+        """A pod became ready: routed to from now on, unless it is already terminating."""
+        if not pod.deleting:
+            pod.lb_until = FOREVER
+
+    def deregister(self, pod: Pod) -> None:
+        """A pod stopped being ready or began terminating: still routed to for the deregistration delay."""
+        if pod.lb_until == FOREVER:
+            pod.lb_until = now() + self.timing.deregistration_seconds
+
+    def in_rotation(self, pool: PoolSpec) -> list[Pod]:
+        at = now()
+        return [p for p in self.pods[pool.arch] if p.running and at < p.lb_until]
+
+    # -- the clients ----------------------------------------------------------------------------
+
+    async def generate(self, pool: PoolSpec) -> None:
+        """Bursts of builds for ``pool`` while :attr:`load_on` is set, forever."""
+        load = self.load
+        rng = random.Random(f"{load.seed}-{pool.arch}")
+        while True:
+            await self.load_on.wait()
+            await asyncio.sleep(rng.uniform(*load.burst_gap_seconds))
+            if not self.load_on.is_set():
+                continue
+            for _ in range(rng.randint(*load.burst_size)):
+                delay = rng.uniform(0, load.spread_seconds)
+                long = rng.random() < load.long_build_share
+                duration = rng.uniform(*(load.long_build_seconds if long else load.build_seconds))
+                self._track(asyncio.create_task(self.build(pool, delay=delay, duration=duration, rng=rng)))
+
+    async def build(self, pool: PoolSpec, *, delay: float, duration: float, rng: random.Random) -> None:
+        """One client build: routed by the balancer, retried while no pod takes it."""
+        await asyncio.sleep(delay)
+        waited = False
+        while True:
+            candidates = self.in_rotation(pool)
+            if not candidates:
+                waited = True
+                await asyncio.sleep(0.1)
+                continue
+            # Least connections, ties broken at random: builds spread over every pod.
+            fewest = min(len(p.slot.daemon.active) for p in candidates)
+            pod = rng.choice([p for p in candidates if len(p.slot.daemon.active) == fewest])
+            if pod.gone or not pod.slot.alive:
+                self.figures.sends_to_dead_pods += 1
+                self.figures.fail(f"{pod.name}: the balancer sent a build to a killed pod")
+                await asyncio.sleep(0.1)
+                continue
+            break
+        if waited:
+            self.figures.builds_waited_for_a_ready_pod += 1
+        if not pod.ready or pod.deleting:
+            self.figures.builds_sent_during_deregistration += 1
+        await self.run_build(pod, duration)
+
+    def start_build_on(self, pod: Pod, duration: float) -> asyncio.Task[None]:
+        """A build sent straight to ``pod`` (a client that bypasses the balancer), accounted like the others."""
+        return self._track(asyncio.create_task(self.run_build(pod, duration)))
+
+    async def run_build(self, pod: Pod, duration: float) -> None:
+        daemon = pod.slot.daemon
+        ref = daemon.start_build()
+        self.figures.builds_started += 1
+        await asyncio.sleep(duration)
+        if ref in daemon.active:
+            daemon.complete_build(ref)
+            self.figures.builds_completed += 1
+        else:
+            self.figures.builds_lost += 1
+            self.figures.fail(f"{pod.name}: build {ref} lost (its buildkitd was killed while it ran)")
+
+    async def quiesce(self, *, within: float = 60.0) -> None:
+        """Stop the load and wait for every build to end."""
+        self.load_on.clear()
+        await until(lambda: not self.builds, within=within, what="every build to end")
+
+    async def close(self) -> None:
+        """Stop the load and cancel the builds still running (the end of a failed run)."""
+        self.load_on.clear()
+        for task in self.builds:
+            task.cancel()
+        await asyncio.gather(*self.builds, return_exceptions=True)
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        self.builds.add(task)
+        task.add_done_callback(self.builds.discard)
+        return task
