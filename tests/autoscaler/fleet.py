@@ -18,6 +18,7 @@ from aiohttp import web
 
 from autoscaler.controller.actuate import DELETION_COST
 from autoscaler.controller.loop import Controller
+from autoscaler.policy.replicaset import Candidate, victims
 from fakes.kubernetes import FakeCluster
 
 NS = "buildkit"
@@ -141,10 +142,12 @@ class Fleet:
             pods = self.pods()
         while len(pods) > self.replicas:
 
-            def cost(pod: dict[str, Any]) -> int:
-                return int((pod["metadata"].get("annotations") or {}).get(DELETION_COST, "0"))
+            def candidate(pod: dict[str, Any]) -> Candidate:
+                # Every pod here runs and is ready from the start: the deletion cost decides.
+                cost = int((pod["metadata"].get("annotations") or {}).get(DELETION_COST, "0"))
+                return Candidate(running=True, ready=True, deletion_cost=cost, ready_since=0.0, created_at=0.0)
 
-            victim = min(pods, key=cost)
+            [victim] = victims(pods, 1, candidate=candidate)
             self.k8s.delete("pods", NS, victim["metadata"]["name"])
             await self.sidecars.stop(victim["status"]["podIP"])
             pods = self.pods()
