@@ -91,7 +91,8 @@ def targets(report: Report) -> list[str]:
         ("0 interrupted", m.interrupted_builds == 0, str(m.interrupted_builds)),
         ("cost < HPA-default's", m.builder_seconds < hpa.builder_seconds,
          f"{m.builder_seconds / 3600:,.1f} h vs {hpa.builder_seconds / 3600:,.1f} h"),
-        ("slowdown p95 ≤ HPA-default's", (m.slowdown_p95 or 0) <= (hpa.slowdown_p95 or 0),
+        ("slowdown p95 ≤ HPA-default's",
+         m.slowdown_p95 is not None and hpa.slowdown_p95 is not None and m.slowdown_p95 <= hpa.slowdown_p95,
          f"{_f(m.slowdown_p95, 2)} vs {_f(hpa.slowdown_p95, 2)}"),
     ]  # fmt: skip
     lines = ["| target | measured | met |", "|---|---|---|"]
