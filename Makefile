@@ -38,11 +38,15 @@ demo: $(STAMP)
 demo-sidecar: $(STAMP)
 	$(BIN)/python -m tests.demo_sidecar
 
-## bench: the benchmarks (sidecar, autoscaler, simulator); writes BENCHMARKS.md
+# BENCHMARKS.md is assembled (python -m bench.assemble) from one fragment per part in bench/results,
+# each written by the run that measured it.
+RESULTS := bench/results
+
+## bench: the benchmarks (sidecar, autoscaler, simulator; ~10 min); rewrites BENCHMARKS.md, fails if any target in it is missed
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --out BENCHMARKS.md; status=$$?; \
-	$(BIN)/python -m bench.simulate_bench --out bench/SIMULATION.md && \
-	{ echo; cat bench/SIMULATION.md; } >> BENCHMARKS.md; \
+	$(BIN)/python -m bench.run --results $(RESULTS); status=$$?; \
+	$(BIN)/python -m bench.simulate_bench --results $(RESULTS) || status=1; \
+	$(BIN)/python -m bench.assemble || status=1; \
 	exit $$status
 
 ## proto: regenerate sidecar/protocol from proto/

@@ -226,7 +226,7 @@ def section(result: CycleResult) -> Section:
         "idle socket per pod (the open file descriptors above).",
     )
     return Section(
-        title=f"5. Autoscaler: one cycle over {result.pods:,} builder pods",
+        title=f"Autoscaler: one cycle over {result.pods:,} builder pods",
         method=(
             f"The real `Controller` (this process) against the fake fleet in a child process: the tests' "
             f"fake Kubernetes API (kmock + `FakeCluster`) holding a Deployment at {result.pods:,} replicas "
