@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.assemble import PARTS, Part, judge, main
+from bench.e2e_section import FAULT_RUNS, FLEET_RUN, Minimums, fault_row, fleet_rows, fresh
 from bench.report import MET, MISSED, Fragment, Measured, Row, Section
 
 MEASURED = Measured(commit="abc1234", date="2026-01-01 00:00:00 UTC", machine="test", command="make test")
@@ -84,3 +86,28 @@ def test_assemble_exits_non_zero_when_a_part_has_no_fragment(tmp_path: Path) -> 
 def test_a_fragment_reads_back_as_written(tmp_path: Path) -> None:
     made = fragment("sidecar", Row("p99", "1 ms", "≤ 2 ms", MET), Row("load", "0.1"))
     assert made == Fragment.from_json(made.write(tmp_path).read_text())
+
+
+def test_an_e2e_report_without_a_figure_misses_its_target() -> None:
+    entry = {"builds_started": 5, "builds_completed": 5, "sends_to_dead_pods": 0, "failures": []}
+    rows = {row.measure: row for row in fleet_rows(entry, minimums=Minimums(scale_downs=500))}
+    assert rows["builds **lost**"].missed
+    assert not rows["builds started / completed"].missed
+    assert fault_row(FAULT_RUNS[0], None).missed
+
+
+def test_the_soak_minimum_is_missed_when_the_run_fell_short() -> None:
+    entry = {"scale_downs": 499}
+    rows = {row.measure: row for row in fleet_rows(entry, minimums=Minimums(scale_downs=500))}
+    assert "≥ 500" == rows["scale-downs"].target
+    assert rows["scale-downs"].missed
+
+
+def test_report_entries_from_before_the_run_are_left_out() -> None:
+    report = {
+        FLEET_RUN: {"at": "2026-01-01T10:00:00+00:00"},
+        "fault_api": {"at": "2026-01-01T12:00:00+00:00"},
+    }
+    kept, stale = fresh(report, since=datetime(2026, 1, 1, 11, tzinfo=UTC))
+    assert ["fault_api"] == list(kept)
+    assert 1 == len(stale)
