@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import Fragment, Row, Section
+from bench.report import RESULTS_PATH, Fragment, Row, Section
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / RESULTS_PATH
 OUT = ROOT / "BENCHMARKS.md"
 
 

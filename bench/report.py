@@ -28,6 +28,9 @@ MISSED = "**FAIL**"
 MEASURED_PATHS = ("sidecar", "autoscaler", "bench", "deploy", "tests/fake_buildkitd.py", "tests/fake_kubernetes.py")
 """The code a fragment's numbers depend on: uncommitted changes there are named beside its commit."""
 
+RESULTS_PATH = "bench/results"
+"""Where the fragments live (outside what :data:`MEASURED_PATHS` describes)."""
+
 LIBRARIES = (
     "grpcio",
     "protobuf",
@@ -194,7 +197,8 @@ def load_average() -> str:
 def code_version() -> str:
     """The commit being measured, and the measured paths it does not describe (uncommitted changes)."""
     commit = _git("rev-parse", "--short", "HEAD")
-    changed = _git("status", "--porcelain", "--", *MEASURED_PATHS).splitlines()
+    # The fragments are what runs write, not what they measure: a run after another would otherwise look dirty.
+    changed = _git("status", "--porcelain", "--", *MEASURED_PATHS, f":(exclude){RESULTS_PATH}").splitlines()
     # "XY path" per line (_git strips the first line's leading blank: split, do not slice).
     dirty = sorted({line.split(maxsplit=1)[-1].split("/", 1)[0] + "/" for line in changed if line.strip()})
     return (commit or "unknown") + (f" with uncommitted changes in {', '.join(dirty)}" if dirty else "")
