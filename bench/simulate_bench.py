@@ -24,7 +24,20 @@ from autoscaler.traces.generate import week
 from bench import frontier
 from bench.assemble import render_fragment
 from bench.frontier import EFFICIENCY_TARGET, SLOWDOWN_TARGET
-from bench.report import Fragment, Machine, Measured, Row, Section, code_version, command_line, utc, verdict
+from bench.harness import CpuSample
+from bench.report import (
+    Fragment,
+    Machine,
+    Measured,
+    Row,
+    Section,
+    code_version,
+    command_line,
+    contention_row,
+    load_average,
+    utc,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "config.yaml"
@@ -49,8 +62,10 @@ def widened(config: Config) -> Config:
 
 
 def speed(config: Config) -> Section:
+    """Wall time of the week's simulation; a busy machine reads slow, so its load is the last row."""
     trace = week_trace()
     rows: list[Row] = []
+    before = CpuSample.now()
     for label, parallel in (("simulate: config + both baselines, baselines in a child process (the CLI's "
                              "choice from 20k builds on)", True),
                             ("simulate: config + both baselines, one process", False)):  # fmt: skip
@@ -61,6 +76,7 @@ def speed(config: Config) -> Section:
             Row(label, f"{elapsed:.1f} s", f"≤ {SPEED_TARGET_SECONDS:g} s", verdict(elapsed <= SPEED_TARGET_SECONDS))
         )
         print(f"{label}: {elapsed:.2f} s", file=sys.stderr)
+    rows.append(contention_row(CpuSample.now().others_cores_since(before)))
     total = report.run.total
     return Section(
         title="Speed: one week, 100k builds",
@@ -181,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     started = datetime.now(UTC)
     code = code_version()
+    load_before = load_average()
     t0 = time.monotonic()
     config = load_config(SHIPPED.read_text(encoding="utf-8"))
     shipped, bursty = bundled(config)
@@ -201,7 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             date=utc(started),
             machine=machine.summary,
             command=command_line("bench.simulate_bench", args_list),
-            details=(f"{time.monotonic() - t0:.0f} s", f"Python: {machine.python}"),
+            details=(
+                f"{time.monotonic() - t0:.0f} s",
+                f"Python: {machine.python}",
+                f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}",
+            ),
         ),
         sections=sections,
     )
