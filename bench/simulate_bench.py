@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             machine=machine.summary,
             command=command_line("bench.simulate_bench", args_list),
             details=(
-                f"{time.monotonic() - t0:.0f} s",
+                f"run length {time.monotonic() - t0:.0f} s",
                 f"Python: {machine.python}",
                 f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}",
             ),
