@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.assemble import PARTS, Part, judge, main
+from bench.assemble import OUT, PARTS, RESULTS, Part, judge, load, main, render
 from bench.e2e_section import FAULT_RUNS, FLEET_RUN, Minimums, fault_row, fleet_rows, fresh
 from bench.report import MET, MISSED, Fragment, Measured, Row, Section
 
@@ -111,3 +111,8 @@ def test_report_entries_from_before_the_run_are_left_out() -> None:
     kept, stale = fresh(report, since=datetime(2026, 1, 1, 11, tzinfo=UTC))
     assert ["fault_api"] == list(kept)
     assert 1 == len(stale)
+
+
+def test_benchmarks_md_is_exactly_what_the_committed_fragments_assemble_to() -> None:
+    """A hand edit of BENCHMARKS.md (or a fragment committed without reassembling) fails here."""
+    assert render(load(RESULTS)) == OUT.read_text(encoding="utf-8")
