@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest soak demo demo-sidecar bench proto clean
+.PHONY: test lint typecheck pytest e2e soak demo demo-sidecar bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,40 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-## soak: the end-to-end fleet run, long: at least 500 scale-downs (tests/e2e; ~20 min)
+# BENCHMARKS.md is assembled (python -m bench.assemble) from one fragment per part in bench/results,
+# each written by the run that measured it: bench (sidecar, autoscaler, simulator), e2e, soak.
+RESULTS := bench/results
+BENCHMARKS := BENCHMARKS.md
+E2E_REPORT := out/e2e-report.json
+# The soak's minimums: the test runs until it reaches them, and its part of BENCHMARKS.md judges them.
+SOAK_SCALE_DOWNS := 500
+SOAK_BUSY_SCALE_DOWNS := 60
+SOAK_CYCLES := 3000
+SOAK_MAX_SECONDS := 2400
+
+## e2e: the end-to-end tests alone (tests/e2e, ~8 min); writes their part of BENCHMARKS.md
+# The fragment is written whatever pytest answered (a failed run is reported, not skipped);
+# the exit status is pytest's, or 1 if the fragment misses a target. The whole file's verdict
+# (other parts included) is make bench's to enforce.
+e2e: $(STAMP)
+	since=$$(date -u +%Y-%m-%dT%H:%M:%SZ); \
+	$(BIN)/pytest tests/e2e; status=$$?; \
+	$(BIN)/python -m bench.e2e_section $(E2E_REPORT) --part e2e --since $$since --pytest-status $$status \
+		--results $(RESULTS) || status=1; \
+	$(BIN)/python -m bench.assemble --results $(RESULTS) --out $(BENCHMARKS) --exit-zero || status=1; \
+	exit $$status
+
+## soak: the end-to-end fleet run, long: at least 500 scale-downs (tests/e2e; ~20 min); writes its part of BENCHMARKS.md
 soak: $(STAMP)
-	E2E_MIN_SCALE_DOWNS=500 E2E_MIN_BUSY_SCALE_DOWNS=60 E2E_MIN_CYCLES=3000 E2E_MAX_SECONDS=2400 \
-		$(BIN)/pytest tests/e2e/test_no_build_lost.py -s
+	since=$$(date -u +%Y-%m-%dT%H:%M:%SZ); \
+	E2E_MIN_SCALE_DOWNS=$(SOAK_SCALE_DOWNS) E2E_MIN_BUSY_SCALE_DOWNS=$(SOAK_BUSY_SCALE_DOWNS) \
+		E2E_MIN_CYCLES=$(SOAK_CYCLES) E2E_MAX_SECONDS=$(SOAK_MAX_SECONDS) \
+		$(BIN)/pytest tests/e2e/test_no_build_lost.py -s; status=$$?; \
+	$(BIN)/python -m bench.e2e_section $(E2E_REPORT) --part soak --since $$since --pytest-status $$status \
+		--min-scale-downs $(SOAK_SCALE_DOWNS) --min-busy-scale-downs $(SOAK_BUSY_SCALE_DOWNS) \
+		--min-cycles $(SOAK_CYCLES) --results $(RESULTS) || status=1; \
+	$(BIN)/python -m bench.assemble --results $(RESULTS) --out $(BENCHMARKS) --exit-zero || status=1; \
+	exit $$status
 
 ## demo: replay a bundled day of CI builds against the shipped autoscaler config (no cluster needed)
 demo: $(STAMP)
@@ -39,11 +69,11 @@ demo: $(STAMP)
 demo-sidecar: $(STAMP)
 	$(BIN)/python -m tests.demo_sidecar
 
-## bench: the benchmarks (sidecar, autoscaler, simulator); writes BENCHMARKS.md
+## bench: the benchmarks (sidecar, autoscaler, simulator; ~10 min); rewrites BENCHMARKS.md, fails if any target in it is missed
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --out BENCHMARKS.md; status=$$?; \
-	$(BIN)/python -m bench.simulate_bench --out bench/SIMULATION.md && \
-	{ echo; cat bench/SIMULATION.md; } >> BENCHMARKS.md; \
+	$(BIN)/python -m bench.run --results $(RESULTS); status=$$?; \
+	$(BIN)/python -m bench.simulate_bench --results $(RESULTS) || status=1; \
+	$(BIN)/python -m bench.assemble --results $(RESULTS) --out $(BENCHMARKS) || status=1; \
 	exit $$status
 
 ## proto: regenerate sidecar/protocol from proto/

@@ -1,9 +1,9 @@
 """Benchmarks of the real ``buildkit-sidecar`` and the autoscaler's controller, on real time.
 
-``python -m bench.run [--quick] [--out BENCHMARKS.md]`` (``make bench``) runs
-them all. The sidecar is the installed console script in a child process; the
-fake daemon (``fakes/buildkitd.py``) serves it over a unix socket from
-the benchmark process, which is also the HTTP client. The autoscaler's
+``python -m bench.run [--quick] [--results bench/results]`` (``make bench``)
+runs the sidecar's and the autoscaler's. The sidecar is the installed console
+script in a child process; the fake daemon (``fakes/buildkitd.py``) serves
+it over a unix socket from the benchmark process, which is also the HTTP client. The autoscaler's
 ``Controller`` runs in the benchmark process; the fake fleet it manages (the
 tests' fake Kubernetes API and 1,000 pods' ``/status``) in a child process.
 
@@ -18,5 +18,10 @@ Modules, one per benchmark, plus what they share:
 * :mod:`bench.fake_fleet` (the child process: fake API, fake sidecars, control API) and
   :mod:`bench.fleet` (starting it, the controller's wiring, the shared config);
 * :mod:`bench.harness` (processes, HTTP, ``/proc``), :mod:`bench.stats`,
-  :mod:`bench.report` (machine, tables, Markdown).
+  :mod:`bench.report` (rows, sections, the fragment a run writes, the machine).
+
+The simulator's (:mod:`bench.simulate_bench`, with :mod:`bench.frontier`) and the end-to-end
+tests' (:mod:`bench.e2e_section`, from their ``out/e2e-report.json``) write fragments too;
+:mod:`bench.assemble` joins every fragment in ``bench/results/`` into BENCHMARKS.md under
+one verdict.
 """

@@ -193,8 +193,8 @@ async def measure(
     )
 
 
-def section(result: Reaction, *, at_least_10: bool) -> Section:
-    """The table; a run of fewer than 10 trials (``--quick``) shows the count without a verdict."""
+def section(result: Reaction) -> Section:
+    """The table; a run of fewer than 10 trials (``--quick``) misses the count's target: too few to trust its max."""
     interval = result.poll_interval_seconds
     target = interval + TARGET_MARGIN_SECONDS
     trials = result.trials
@@ -207,7 +207,7 @@ def section(result: Reaction, *, at_least_10: bool) -> Section:
         [t.latency_seconds - t.first_pod_patch_seconds for t in trials if t.first_pod_patch_seconds is not None]
     )
     rows = (
-        Row("trials", f"{len(trials)}", "≥ 10", verdict(len(trials) >= 10) if at_least_10 else None),
+        Row("trials", f"{len(trials)}", "≥ 10", verdict(len(trials) >= 10)),
         Row("pollIntervalSeconds", f"{interval:g} s"),
         Row("surge → scale PATCH p50", ms(latency.p50_seconds)),
         Row(
@@ -263,10 +263,10 @@ def section(result: Reaction, *, at_least_10: bool) -> Section:
         "reaction missed its target).",
     )
     return Section(
-        title="6. Autoscaler: reaction to a surge",
+        title="Autoscaler: reaction to a surge",
         method=(
             f"The real controller loop (`Controller.run`, pollIntervalSeconds {interval:g}) in this process; "
-            f"the fake fleet in a child process as in section 5, with {result.pods:,} pods and a Deployment "
+            f"the fake fleet in a child process as in the previous section, with {result.pods:,} pods and a Deployment "
             f"at {result.pods:,} replicas (one below maxReplicas {result.pods + 1:,}, so that a surge can be "
             f"answered at all), {result.active_builds:,} builds spread 0–4 per pod: exactly {result.pods:,} "
             "replicas needed. Per trial, loads and then replicas are reset to steady, each followed by a full "

@@ -90,7 +90,7 @@ def section(result: Burst) -> Section:
         Row("sidecar RSS after the burst", f"{result.rss_after_mib:.1f} MiB"),
     )
     return Section(
-        title="3. Burst",
+        title="Burst",
         method=(
             f"A fresh sidecar. The fake daemon publishes STARTED for {result.builds:,} builds, then their "
             "COMPLETEs (each followed by its duplicate, as buildkitd sends them), yielding to its event loop "

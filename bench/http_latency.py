@@ -135,7 +135,7 @@ def section(results: list[EndpointLatency], *, active_builds: int, rate_per_seco
             Row(f"/{r.path} largest client lag behind schedule", ms(r.max_lag_seconds)),
         ]
     return Section(
-        title="4. `/status` and `/metrics` latency",
+        title="`/status` and `/metrics` latency",
         method=(
             f"A fresh sidecar with {active_builds} builds running. Each endpoint in turn gets GET requests at "
             f"{rate_per_second:g}/s on a fixed schedule (open loop: each request in its own task, sent on time "

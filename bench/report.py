@@ -1,22 +1,35 @@
-"""The report: the machine it ran on, then one table per benchmark, as Markdown."""
+"""What a benchmark run reports, and where it keeps it.
+
+A run writes one *fragment* per part of BENCHMARKS.md (``bench/results/<part>.json``): when,
+at which commit, on which machine and by which command it was measured, then its sections,
+each a table of rows. A row with a target carries its own result; :mod:`bench.assemble`
+turns every fragment into BENCHMARKS.md under one verdict.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 MET = "pass"
 MISSED = "**FAIL**"
 
 
-MEASURED_PATHS = ("sidecar", "autoscaler", "common", "bench", "fakes/buildkitd.py", "fakes/kubernetes.py")
-"""The code a report's numbers depend on: uncommitted changes there are named in the header."""
+MEASURED_PATHS = ("sidecar", "autoscaler", "common", "bench", "deploy", "fakes/buildkitd.py", "fakes/kubernetes.py")
+"""The code a fragment's numbers depend on: uncommitted changes there are named beside its commit."""
+
+RESULTS_PATH = "bench/results"
+"""Where the fragments live (outside what :data:`MEASURED_PATHS` describes)."""
 
 LIBRARIES = (
     "grpcio",
@@ -28,7 +41,7 @@ LIBRARIES = (
     "pydantic",
     "kmock",
 )
-"""The versions the header lists."""
+"""The versions a header lists."""
 
 
 def verdict(ok: bool) -> str:
@@ -37,27 +50,108 @@ def verdict(ok: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One measured number; ``target`` and ``result`` are empty when it is for context only."""
+    """One measured number. ``target`` is empty when it is for context only; a row with a
+    target is met only when its ``result`` says so: no result (nothing measured) is a miss."""
 
     measure: str
     value: str
     target: str = ""
     result: str | None = None
 
+    @property
+    def is_target(self) -> bool:
+        return bool(self.target) or self.result is not None
+
+    @property
+    def missed(self) -> bool:
+        return self.is_target and self.result != MET
+
 
 @dataclass(frozen=True, slots=True)
 class Section:
+    """One benchmark: how it was measured (Markdown), its table, notes, and any Markdown after."""
+
     title: str
     method: str
     rows: tuple[Row, ...]
     notes: tuple[str, ...] = ()
+    after: str = ""
 
     @property
     def failed(self) -> bool:
-        return any(row.result == MISSED for row in self.rows)
+        return any(row.missed for row in self.rows)
 
     def with_row(self, row: Row) -> Section:
         return dataclasses.replace(self, rows=(*self.rows, row))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measured:
+    """Where a fragment's numbers come from: the header line beside its sections."""
+
+    commit: str
+    """``git rev-parse --short HEAD`` when measured, plus any uncommitted changes in :data:`MEASURED_PATHS`."""
+    date: str
+    """UTC, as ``YYYY-MM-DD HH:MM:SS UTC``."""
+    machine: str
+    command: str
+    """The command that wrote the fragment (rerun it to replace the fragment)."""
+    details: tuple[str, ...] = ()
+    """More of the setting (library versions, load average, run length), one bullet each."""
+    note: str = ""
+    """Anything a reader must know about where the numbers come from (e.g. carried over)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fragment:
+    """One part of BENCHMARKS.md, as one run wrote it."""
+
+    part: str
+    """Its file's stem in ``bench/results/`` (:data:`bench.assemble.PARTS`)."""
+    title: str
+    intro: str
+    measured: Measured
+    sections: tuple[Section, ...]
+
+    @property
+    def targets(self) -> list[Row]:
+        return [row for section in self.sections for row in section.rows if row.is_target]
+
+    @property
+    def failed(self) -> bool:
+        return any(row.missed for row in self.targets)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Fragment:
+        body: dict[str, Any] = json.loads(text)
+        sections = tuple(
+            Section(
+                title=s["title"],
+                method=s["method"],
+                rows=tuple(Row(**row) for row in s["rows"]),
+                notes=tuple(s["notes"]),
+                after=s["after"],
+            )
+            for s in body["sections"]
+        )
+        measured = body["measured"]
+        return cls(
+            part=body["part"],
+            title=body["title"],
+            intro=body["intro"],
+            measured=Measured(**{**measured, "details": tuple(measured["details"])}),
+            sections=sections,
+        )
+
+    def write(self, results: Path) -> Path:
+        """Write ``results/<part>.json``, replacing the part's previous fragment."""
+        results.mkdir(parents=True, exist_ok=True)
+        path = results / f"{self.part}.json"
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
 
 
 def contention_row(others_cores: float) -> Row:
@@ -100,6 +194,26 @@ def load_average() -> str:
         return "n/a"
 
 
+def code_version() -> str:
+    """The commit being measured, and the measured paths it does not describe (uncommitted changes)."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    # The fragments are what runs write, not what they measure: a run after another would otherwise look dirty.
+    changed = _git("status", "--porcelain", "--", *MEASURED_PATHS, f":(exclude){RESULTS_PATH}").splitlines()
+    # "XY path" per line (_git strips the first line's leading blank: split, do not slice).
+    dirty = sorted({line.split(maxsplit=1)[-1].split("/", 1)[0] + "/" for line in changed if line.strip()})
+    return (commit or "unknown") + (f" with uncommitted changes in {', '.join(dirty)}" if dirty else "")
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """How this run was started, with the interpreter relative to the checkout when inside it."""
+    python = os.path.relpath(sys.executable)
+    return " ".join([sys.executable if python.startswith("..") else python, "-m", module, *argv])
+
+
+def utc(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @dataclass(frozen=True, slots=True)
 class Machine:
     cpu: str
@@ -108,7 +222,6 @@ class Machine:
     python: str
     kernel: str
     libraries: str
-    code: str
 
     @classmethod
     def here(cls) -> Machine:
@@ -116,11 +229,6 @@ class Machine:
         memory = f"{int(mem_kib.split()[0]) / 1024 / 1024:.1f} GiB" if mem_kib else "unknown"
         usable = len(os.sched_getaffinity(0))
         cores = f"{os.cpu_count()} online, {usable} usable by this process"
-        commit = _git("rev-parse", "--short", "HEAD")
-        changed = _git("status", "--porcelain", "--", *MEASURED_PATHS).splitlines()
-        # "XY path" per line (_git strips the first line's leading blank: split, do not slice).
-        dirty = sorted({line.split(maxsplit=1)[-1].split("/", 1)[0] + "/" for line in changed if line.strip()})
-        code = f"commit {commit or 'unknown'}" + (f" with uncommitted changes in {', '.join(dirty)}" if dirty else "")
         return cls(
             cpu=_first("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
             cores=cores,
@@ -128,56 +236,9 @@ class Machine:
             python=f"{platform.python_implementation()} {platform.python_version()}",
             kernel=f"{platform.system()} {platform.release()} ({platform.machine()})",
             libraries=_versions(*LIBRARIES),
-            code=code,
         )
 
-
-def _table(rows: tuple[Row, ...]) -> list[str]:
-    lines = ["| measure | value | target | result |", "|---|---:|---|---|"]
-    for row in rows:
-        lines.append(f"| {row.measure} | {row.value} | {row.target} | {row.result or ''} |")
-    return lines
-
-
-def render(
-    *,
-    sections: list[Section],
-    machine: Machine,
-    started: datetime,
-    command: str,
-    mode: str,
-    runtime_seconds: float,
-    load_before: str,
-    load_after: str,
-) -> str:
-    """The whole report as Markdown (``BENCHMARKS.md``, and stdout)."""
-    failed = [s.title for s in sections if s.failed]
-    lines = [
-        "# Benchmarks",
-        "",
-        "Generated by `make bench` (`bench/run.py`); do not edit by hand. Real time throughout, real HTTP "
-        "on loopback. Sections 1–4: the real `buildkit-sidecar` process against the fake buildkitd "
-        "(`fakes/buildkitd.py`) over a unix socket; targets of issue 2. Sections 5–6: the autoscaler's "
-        "real `Controller` in the benchmark process against a fake fleet in a child process (the tests' "
-        "fake Kubernetes API, `fakes/kubernetes.py`, and one server answering 1,000 pods' `/status`); "
-        "targets of issue 3.",
-        "",
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M:%S')} UTC",
-        f"- Command: `{command}` ({mode} run, {runtime_seconds:.0f} s)",
-        f"- CPU: {machine.cpu}; {machine.cores}",
-        f"- RAM: {machine.memory}",
-        f"- Python: {machine.python}; {machine.libraries}",
-        f"- Kernel: {machine.kernel}",
-        f"- Code: {machine.code}",
-        f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The benchmark process "
-        "(fake daemon and clients; the autoscaler's controller) shares the machine with the process it "
-        "measures against (the sidecar; the fake fleet); each table's last row says how much CPU other "
-        "processes took meanwhile, since numbers measured under outside load read high.",
-        f"- Verdict: {'every target met' if not failed else 'targets missed in: ' + ', '.join(failed)}",
-    ]
-    for section in sections:
-        lines += ["", f"## {section.title}", "", section.method, "", *_table(section.rows)]
-        if section.notes:
-            lines.append("")
-            lines += [f"- {note}" for note in section.notes]
-    return "\n".join(lines) + "\n"
+    @property
+    def summary(self) -> str:
+        """The header line's machine: CPU, cores, RAM, kernel."""
+        return f"{self.cpu}, {self.cores}, {self.memory} RAM, {self.kernel}"

@@ -126,7 +126,7 @@ def section(result: Resources) -> Section:
         "library, shared with any other process mapping it.",
     )
     return Section(
-        title="2. Memory and idle CPU",
+        title="Memory and idle CPU",
         method=(
             f"One sidecar process. Builds run through the fake daemon in batches of {BATCH_BUILDS} "
             "(STARTED for the batch, then each COMPLETE and its duplicate, as buildkitd sends them); each "
