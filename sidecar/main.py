@@ -178,6 +178,11 @@ NO_DRAIN = 2
 (its deadline passed, the drain was cancelled, or no answer within ``--timeout-seconds``);
 no drain was asked (bad flags, unreachable, not a sidecar's drain endpoint, token refused)."""
 
+CONNECT_SECONDS = 10.0
+"""drain: how long connecting to the sidecar may take (at most ``--timeout-seconds``). It
+listens on loopback and connects in milliseconds; past this it is not there, while a drain
+under way answers only when it ends (up to its deadline), so the rest of the budget waits."""
+
 ADMIN_URL = "http://127.0.0.1:9091"
 """The admin listener's default address (``--admin-listen``), where a preStop hook finds /drain."""
 
@@ -216,7 +221,7 @@ def unreachable(error: aiohttp.ClientError | TimeoutError, *, url: str, timeout_
             return f"connection refused at {url}: is the sidecar running, and is --admin-url its --admin-listen?"
         return f"cannot connect to {url}: {error.os_error.strerror or error.os_error}"
     if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return f"no connection to {url} within {timeout_seconds:g} s (--timeout-seconds)"
+        return f"no connection to {url} within {timeout_seconds:g} s: is --admin-url right?"
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return f"{url} closed the connection without an answer: is it the sidecar's (plain HTTP) listener?"
     return f"{url}: {type(error).__name__}: {error}"
@@ -253,9 +258,8 @@ async def drain_client(*, url: str, token: str | None, timeout_seconds: float, t
     """POST /drain and print the answer; exit :data:`DRAINED`, :data:`NOT_DRAINED` or :data:`NO_DRAIN`."""
     endpoint = url.rstrip("/") + "/drain"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    # A connection gets at most 10 s of the budget: past that the sidecar is not there,
-    # while a drain that is under way answers only when it ends (up to its deadline).
-    timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=min(timeout_seconds, 10.0))
+    connect_seconds = min(timeout_seconds, CONNECT_SECONDS)
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=connect_seconds)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
@@ -264,7 +268,7 @@ async def drain_client(*, url: str, token: str | None, timeout_seconds: float, t
             answer = drain_answer(status=response.status, text=await response.text(), url=endpoint,
                                   token_file=token_file)  # fmt: skip
     except aiohttp.ConnectionTimeoutError as e:
-        answer = DrainAnswer(NO_DRAIN, "", unreachable(e, url=endpoint, timeout_seconds=timeout_seconds))
+        answer = DrainAnswer(NO_DRAIN, "", unreachable(e, url=endpoint, timeout_seconds=connect_seconds))
     except TimeoutError:
         answer = DrainAnswer(
             NOT_DRAINED,
