@@ -13,17 +13,22 @@ FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY sidecar ./sidecar
 COPY autoscaler ./autoscaler
 COPY common ./common
 # A regular (not editable) install: the packages land in the venv, compiled to
 # bytecode now, because the root filesystem is read-only at run time.
 RUN /opt/venv/bin/pip install . \
- && /opt/venv/bin/buildkit-sidecar --help >/dev/null \
- && /opt/venv/bin/buildkit-autoscaler --help >/dev/null
+ && /opt/venv/bin/buildkit-sidecar --version \
+ && /opt/venv/bin/buildkit-autoscaler --version
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
+# pyproject.toml's version and licence (tests/deploy/test_image.py keeps them equal);
+# `buildkit-sidecar --version` in the image prints the same version.
+LABEL org.opencontainers.image.title="buildkit-fleet" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -32,6 +32,7 @@ from autoscaler.controller.running import Options, default_identity, run, split_
 from autoscaler.simulator import commands as simulator_commands
 from common.addresses import host_port
 from common.logs import configure
+from common.version import package_version
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -43,8 +44,11 @@ def check_config(path: str, *, stdout: TextIO, stderr: TextIO) -> int:
     name = "<stdin>" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        stderr.write(f"{name}: cannot read: {e}\n")
+    except OSError as e:
+        stderr.write(f"{name}: cannot read: {(e.strerror or str(e)).lower()}\n")
+        return EXIT_INVALID
+    except UnicodeDecodeError:
+        stderr.write(f"{name}: cannot read: not UTF-8 text\n")
         return EXIT_INVALID
     try:
         config = load_config(text)
@@ -64,9 +68,13 @@ def _check_config_command(args: argparse.Namespace, stdout: TextIO, stderr: Text
 def build_parser() -> argparse.ArgumentParser:
     """The command line; each subcommand sets ``handler`` (args, stdout, stderr) -> exit code."""
     parser = argparse.ArgumentParser(
-        prog="buildkit-autoscaler", description="Per-arch autoscaler for BuildKit builder Deployments."
+        prog="buildkit-autoscaler",
+        description="Per-arch autoscaler for BuildKit builder Deployments.",
+        epilog="Exit status: 0 success; 1 an invalid config or trace (check-config, simulate, trace); "
+        "2 a usage error or a start-up failure of run (see docs/autoscaler.md).",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     check = commands.add_parser(
         "check-config",
         help="validate a config.yaml or ConfigMap manifest and print the effective config",

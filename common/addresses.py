@@ -14,10 +14,22 @@ def host_port(value: str) -> tuple[str, int]:
 
 
 def buildkit_address_problem(value: str) -> str | None:
-    """Why ``value`` is not a buildkitd address (``unix:///path``, ``tcp://host:port``), or None."""
+    """Why ``value`` is not a buildkitd address (``unix:///path``, ``tcp://host:port``), or None.
+
+    The reason ends with the likely fix when the value is a bare path or ``host:port``.
+    """
     parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number, or out of range
+        port = None
     if parts.scheme == "unix" and parts.path:
         return None
-    if parts.scheme == "tcp" and parts.hostname and parts.port:
+    if parts.scheme == "tcp" and parts.hostname and port:
         return None
-    return "must be unix:///path/to.sock or tcp://host:port"
+    reason = "must be unix:///path/to.sock or tcp://host:port"
+    if "://" not in value and value.startswith("/"):
+        return f"{reason} (a socket path: unix://{value})"
+    if "://" not in value and value.rpartition(":")[2].isdigit():
+        return f"{reason} (a TCP address: tcp://{value})"
+    return reason

@@ -8,6 +8,7 @@ doubles as a trace record for the autoscaler's simulator.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 
@@ -36,17 +37,30 @@ class AiohttpRecords(logging.Handler):
 
 
 def processors() -> list[structlog.typing.Processor]:
-    """The production chain: context, level, ISO UTC time, structured tracebacks, one JSON object a line."""
+    """The production chain: context, level, ISO UTC time, structured tracebacks, one JSON object a line.
+
+    Non-ASCII text (a path, a ConfigMap's message, a build's error) is written as
+    is, not as ``\\u`` escapes: the lines stay readable and greppable, and JSON
+    lines are UTF-8 by definition.
+    """
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.dict_tracebacks,
-        structlog.processors.JSONRenderer(),
+        structlog.processors.JSONRenderer(ensure_ascii=False),
     ]
 
 
+def _utf8_stdout() -> None:
+    """Standard output in UTF-8 whatever the locale (``PYTHONIOENCODING=ascii``, a Latin-1
+    ``LANG``), and a file name that is not valid UTF-8 escaped: a log call never raises."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
+
+
 def configure(level: str = "info") -> None:
+    _utf8_stdout()
     structlog.configure(
         processors=processors(),
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -130,6 +130,7 @@ class FakeCluster:
         self.calls: list[tuple[str, str, str | None, str | None, str | None]] = []  # verb log
         self._watchers: list[tuple[str, str | None, asyncio.Queue]] = []
         self.handler: kmocklib.KubernetesScaffold | None = None
+        self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) answered 403, see forbid()
 
     # ---- wiring into kmock -------------------------------------------------------------
     def install(self, handler: kmocklib.KubernetesScaffold) -> None:
@@ -137,6 +138,19 @@ class FakeCluster:
         # Priority -1: below plain user reactions (so tests can inject faults with
         # `handler['patch'][:1] << 500`), above the scaffold's fallbacks (-inf).
         (handler**-1)[self._is_resource_request] << self.handle
+        # kubernetes-asyncio's VersionApi asks /version/ (the autoscaler's start-up probe);
+        # kmock serves only /version. A real API server answers both.
+        (handler**-1)["get /version/"] << {
+            "major": "1",
+            "minor": "31",
+            "gitVersion": "v1.31.0-fake",
+            "gitCommit": "0" * 40,
+            "gitTreeState": "clean",
+            "buildDate": "2024-01-01T00:00:00Z",
+            "goVersion": "go1.22.0",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }
 
     @staticmethod
     def _is_resource_request(req: kmocklib.Request) -> bool:
@@ -147,6 +161,10 @@ class FakeCluster:
         return str(self.handler.url)
 
     # ---- test-side helpers ---------------------------------------------------------------
+    def forbid(self, verb: str, res: str) -> None:
+        """Refuse ``verb`` on ``res`` with the 403 Status a real API server sends when RBAC lacks it."""
+        self.forbidden.add((verb, res))
+
     def now(self) -> str:
         loop_time = asyncio.get_running_loop().time()  # fake time under looptime
         return (EPOCH + datetime.timedelta(seconds=loop_time)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -232,6 +250,14 @@ class FakeCluster:
         )
         self.calls.append((verb, res, ns, name, sub))
         key = (res, ns, name)
+        if (verb, res) in self.forbidden:
+            where = f' in the namespace "{ns}"' if ns else ""
+            return _status(
+                403,
+                "Forbidden",
+                f'{req.resource.plural} is forbidden: User "system:anonymous" cannot {verb} resource '
+                f'"{req.resource.plural}" in API group "{req.resource.group or ""}"{where}',
+            )
 
         if verb == "list":
             items = [self._wrap(req, o) for o in self._selected(res, ns, req.params)]

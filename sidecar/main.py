@@ -16,11 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -31,13 +35,14 @@ from common import logs, trace_format
 from common.addresses import host_port
 from common.supervision import root_task
 from common.timestamps import rfc3339
+from common.version import package_version
 from sidecar import endpoints
 from sidecar.buildkit import BuildkitClient, BuildkitError, open_channel
 from sidecar.draining import Drainer
 from sidecar.following import Follower
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, add_arguments, from_sources
-from sidecar.state import BuilderState
+from sidecar.state import BuilderState, Loss
 from sidecar.tracking import Tracker
 
 log = structlog.get_logger("sidecar.main")
@@ -102,18 +107,25 @@ class Sidecar:
     async def serve(self) -> int:
         """Run until a signal's drain ends (0) or a second signal (1); 2 if it cannot start."""
         runners: list[web.AppRunner] = []
-        try:
-            for app, listen in ((self.public_app, self.settings.listen), (self.admin_app, self.settings.admin_listen)):
-                runner = http_runner(app)
-                await runner.setup()
-                runners.append(runner)
-                host, port = host_port(listen)
+        listeners = (
+            ("--listen", self.public_app, self.settings.listen),
+            ("--admin-listen", self.admin_app, self.settings.admin_listen),
+        )
+        for flag, app, listen in listeners:
+            runner = http_runner(app)
+            await runner.setup()
+            runners.append(runner)
+            host, port = host_port(listen)
+            try:
                 await web.TCPSite(runner, host, port).start()
-        except OSError as e:
-            log.error("listen_failed", error=str(e))
-            for runner in runners:
-                await runner.cleanup()
-            return EXIT_STARTUP
+            except OSError as e:
+                log.error("listen_failed", flag=flag, listen=listen, error=str(e))
+                reason = (e.strerror or str(e)).lower()
+                print(f"buildkit-sidecar: cannot listen on {flag}={listen!r}: {reason}: choose a free address "
+                      "(or stop what holds it)", file=sys.stderr)  # fmt: skip
+                for started in runners:
+                    await started.cleanup()
+                return EXIT_STARTUP
         log.info(
             "sidecar_started",
             listen=self.settings.listen,
@@ -159,41 +171,165 @@ async def run(settings: Settings) -> int:
     return await sidecar.serve()
 
 
-async def drain_client(*, url: str, token: str | None, timeout_seconds: float) -> int:
-    """POST /drain and print the answer. 0 drained, 1 not drained, 2 unreachable."""
+DRAINED = 0
+NOT_DRAINED = 1
+NO_DRAIN = 2
+"""``buildkit-sidecar drain``'s exit codes: drained; the sidecar answered but is not drained
+(its deadline passed, the drain was cancelled, or no answer within ``--timeout-seconds``);
+no drain was asked (bad flags, unreachable, not a sidecar's drain endpoint, token refused)."""
+
+CONNECT_SECONDS = 10.0
+"""drain: how long connecting to the sidecar may take (at most ``--timeout-seconds``). It
+listens on loopback and connects in milliseconds; past this it is not there, while a drain
+under way answers only when it ends (up to its deadline), so the rest of the budget waits."""
+
+ADMIN_URL = "http://127.0.0.1:9091"
+"""The admin listener's default address (``--admin-listen``), where a preStop hook finds /drain."""
+
+
+class DrainAnswer(NamedTuple):
+    """What one POST /drain proved: the exit code, the body for standard output, a line for standard error."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def admin_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the sidecar's listener (``http://host:port``), or None."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        return "the port must be a number from 1 to 65535"
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    reason = f"must be http://HOST:PORT: the sidecar's admin listener (--admin-listen, default {ADMIN_URL})"
+    return reason + (f"; did you mean http://{url}?" if "://" not in url else "")
+
+
+def unreachable(error: aiohttp.ClientError | TimeoutError, *, url: str, timeout_seconds: float) -> str:
+    """One line saying why ``url`` could not be asked, with the likely fix."""
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate of {url} not trusted: {error.certificate_error}"
+    if isinstance(error, aiohttp.ClientSSLError):
+        return f"TLS handshake with {url} failed: {error.os_error}"
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve the host of {url}: is --admin-url right?"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):
+            return f"connection refused at {url}: is the sidecar running, and is --admin-url its --admin-listen?"
+        return f"cannot connect to {url}: {error.os_error.strerror or error.os_error}"
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return f"no connection to {url} within {timeout_seconds:g} s: is --admin-url right?"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return f"{url} closed the connection without an answer: is it the sidecar's (plain HTTP) listener?"
+    return f"{url}: {type(error).__name__}: {error}"
+
+
+def drain_answer(*, status: int, text: str, url: str, token_file: str | None) -> DrainAnswer:
+    """Read the answer to POST /drain: only the sidecar's ``{"drained": ...}`` body is a drain's result."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("drained"), bool):
+        if status == 200 and body["drained"]:
+            return DrainAnswer(DRAINED, text, "")
+        return DrainAnswer(NOT_DRAINED, text, f"not drained: {body.get('reason', f'HTTP {status}')}")
+    said = body.get("error") if isinstance(body, dict) else " ".join(text.split())[:200]
+    answered = f"{url} answered HTTP {status}" + (f" ({said})" if said else " (empty body)")
+    if status in (401, 403):
+        fix = (
+            f"the token in --token-file={token_file!r} was refused: it must be the sidecar's --drain-token-file"
+            if token_file
+            else "pass the sidecar's --drain-token-file with --token-file, or use its admin listener"
+        )
+        return DrainAnswer(NO_DRAIN, "", f"{answered}: {fix}")
+    return DrainAnswer(
+        NO_DRAIN,
+        "",
+        f"{answered}: not a sidecar's drain endpoint; --admin-url must be the sidecar's admin listener "
+        f"(--admin-listen, default {ADMIN_URL}), or its public one with --drain-token-file set",
+    )
+
+
+async def drain_client(*, url: str, token: str | None, timeout_seconds: float, token_file: str | None = None) -> int:
+    """POST /drain and print the answer; exit :data:`DRAINED`, :data:`NOT_DRAINED` or :data:`NO_DRAIN`."""
+    endpoint = url.rstrip("/") + "/drain"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    connect_seconds = min(timeout_seconds, CONNECT_SECONDS)
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=connect_seconds)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url.rstrip("/") + "/drain", headers=headers) as response,
+            session.post(endpoint, headers=headers) as response,
         ):
-            print(await response.text())
-            return 0 if response.status == 200 else 1
-    except (aiohttp.ClientError, TimeoutError) as e:
-        print(f"buildkit-sidecar drain: {url}: {e!r}", file=sys.stderr)
-        return 2
+            answer = drain_answer(status=response.status, text=await response.text(), url=endpoint,
+                                  token_file=token_file)  # fmt: skip
+    except aiohttp.ConnectionTimeoutError as e:
+        answer = DrainAnswer(NO_DRAIN, "", unreachable(e, url=endpoint, timeout_seconds=connect_seconds))
+    except TimeoutError:
+        answer = DrainAnswer(
+            NOT_DRAINED,
+            "",
+            f"no answer from {endpoint} within --timeout-seconds={timeout_seconds:g}: "
+            "not drained yet (the sidecar's drain goes on)",
+        )
+    except aiohttp.ClientError as e:
+        answer = DrainAnswer(NO_DRAIN, "", unreachable(e, url=endpoint, timeout_seconds=timeout_seconds))
+    if answer.stdout:
+        print(answer.stdout)
+    if answer.stderr:
+        print(f"buildkit-sidecar drain: {answer.stderr}", file=sys.stderr)
+    return answer.code
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds > 0")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         allow_abbrev=False,
         prog="buildkit-sidecar",
-        description="Drain-aware sidecar for a buildkitd pod. Without a command: run.",
+        description="Drain-aware sidecar for a buildkitd pod.",
+        epilog="Without a command: run (its flags: buildkit-sidecar run --help). "
+        "Exit status of run: 0 after a drain that SIGTERM began, 1 on a second signal or a dead task, "
+        "2 on a start-up failure (an invalid flag or variable, a port in use).",
     )
-    commands = top.add_subparsers(dest="command")
+    top.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run_cmd = commands.add_parser(
-        "run", allow_abbrev=False, help="follow buildkitd and serve /status, /metrics, /drain (default)"
+        "run",
+        allow_abbrev=False,
+        help="follow buildkitd and serve /status, /metrics, /drain (the default)",
+        description="Follow buildkitd and serve /healthz, /readyz, /metrics, /status and /drain. "
+        "Every flag can also be set by the environment variable named in its help. "
+        "Exit 0 after a drain that SIGTERM began, 1 on a second signal, 2 on a start-up failure.",
     )
     add_arguments(run_cmd)
     drain_cmd = commands.add_parser(
-        "drain", allow_abbrev=False, help="ask the local sidecar to drain; returns when it did"
+        "drain",
+        allow_abbrev=False,
+        help="ask the local sidecar to drain; returns when it did",
+        description="POST /drain to the sidecar and print its answer (a preStop hook). "
+        "Exit 0 drained; 1 not drained (the drain's deadline passed, it was cancelled, or no answer "
+        "within --timeout-seconds); 2 no drain was asked (an invalid flag, the sidecar unreachable, "
+        "the URL not a sidecar's drain endpoint, the token refused).",
     )
-    drain_cmd.add_argument("--admin-url", default="http://127.0.0.1:9091", help="the sidecar's admin listener")
+    drain_cmd.add_argument("--admin-url", default=ADMIN_URL,
+                           help=f"the sidecar's admin listener (default {ADMIN_URL})")  # fmt: skip
     drain_cmd.add_argument("--token-file", default=None, help="bearer token, for a public-listener URL")
     drain_cmd.add_argument(
         "--timeout-seconds",
-        type=float,
+        type=_positive_seconds,
         default=3600.0,
         help="give up after this long (default 3600: above the drain deadline)",
     )
@@ -207,7 +343,8 @@ def parser() -> argparse.ArgumentParser:
             "(CSV: arch,start,duration_seconds; start in RFC 3339 from CreatedAt, duration from CompletedAt). "
             "PARTIAL: buildkitd keeps a limited history (its history GC drops old records) in the pod, "
             "and it is lost with the pod; one daemon also knows only its own builds. For the complete "
-            "record use `buildkit-autoscaler trace --from-logs` on the sidecars' build_completed log lines."
+            "record use `buildkit-autoscaler trace --from-logs` on the sidecars' build_completed log lines. "
+            "Exit 0 written; 2 an invalid flag, an unwritable --out, or buildkitd unreachable."
         ),
     )
     export_cmd.add_argument("--buildkit-addr", default="unix:///run/buildkit/buildkitd.sock",
@@ -218,12 +355,14 @@ def parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--tls-server-name", default=None, help="name to verify the server certificate against")
     export_cmd.add_argument("--arch", default=None, help="the arch column (default: asked from ListWorkers)")
     export_cmd.add_argument("--out", default="-", help="where the trace goes (default standard output)")
-    export_cmd.add_argument("--timeout-seconds", type=float, default=60.0, help="deadline of the history read")
+    export_cmd.add_argument("--timeout-seconds", type=_positive_seconds, default=60.0,
+                            help="deadline of the history read (default 60)")  # fmt: skip
     return top
 
 
-async def export_trace(*, settings: Settings, arch: str | None, out: TextIO, timeout_seconds: float) -> int:
-    """Write the completed builds buildkitd keeps as trace rows. 0 written, 2 unreachable."""
+async def export_trace(*, settings: Settings, arch: str | None, out: TextIO | Path, timeout_seconds: float) -> int:
+    """Write the completed builds buildkitd keeps as trace rows (to a stream, or a file
+    created only once they are read). 0 written, 2 buildkitd unreachable or the file unwritable."""
     channel = open_channel(settings)
     try:
         client = BuildkitClient(channel, rpc_timeout_seconds=timeout_seconds)
@@ -234,42 +373,86 @@ async def export_trace(*, settings: Settings, arch: str | None, out: TextIO, tim
             if r.created_at is not None and r.completed_at is not None
         ]
     except BuildkitError as e:
-        print(f"buildkit-sidecar export-trace: {settings.buildkit_addr}: {e}", file=sys.stderr)
+        where = f"--buildkit-addr={settings.buildkit_addr!r}"
+        if e.loss is Loss.REFUSED:
+            print(f"buildkit-sidecar export-trace: cannot connect to buildkitd at {where}: {e}: "
+                  "is buildkitd running, and is this its --addr?", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"buildkit-sidecar export-trace: buildkitd at {where}: {e}", file=sys.stderr)
         return EXIT_STARTUP
     finally:
         await channel.close(grace=None)
     rows.sort()
     # A zero duration (clock granularity) would be refused by the trace's reader: 1 ms instead.
-    trace_format.write(((arch, rfc3339(started), max(seconds, 0.001)) for started, seconds in rows), out)
+    trace = ((arch, rfc3339(started), max(seconds, 0.001)) for started, seconds in rows)
+    if isinstance(out, Path):
+        try:
+            with out.open("w", encoding="utf-8", newline="") as file:
+                trace_format.write(trace, file)
+        except OSError as e:
+            print(f"buildkit-sidecar export-trace: --out={str(out)!r}: cannot write: {e.strerror}", file=sys.stderr)
+            return EXIT_STARTUP
+    else:
+        trace_format.write(trace, out)
     print(f"{len(rows)} completed builds (partial: only what buildkitd still keeps)", file=sys.stderr)
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0].startswith("-"):
-        args_list.insert(0, "run")
-    args = parser().parse_args(args_list)
-    if args.command == "drain":
+def out_problem(path: Path) -> str | None:
+    """Why the trace cannot be written to ``path``, checked before buildkitd is asked anything."""
+    if path.is_dir():
+        return "is a directory: name a file in it"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"no such directory {str(parent)!r}: create it first"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
+
+
+def _drain_command(args: argparse.Namespace) -> int:
+    problem = admin_url_problem(args.admin_url)
+    if problem:
+        print(f"buildkit-sidecar drain: --admin-url={args.admin_url!r}: {problem}", file=sys.stderr)
+        return NO_DRAIN
+    token = None
+    if args.token_file:
         try:
-            token = Path(args.token_file).read_text().strip() if args.token_file else None
+            token = Path(args.token_file).read_text().strip()
         except OSError as e:
             print(f"buildkit-sidecar drain: --token-file={args.token_file!r}: {e.strerror}", file=sys.stderr)
-            return EXIT_STARTUP
-        return asyncio.run(drain_client(url=args.admin_url, token=token, timeout_seconds=args.timeout_seconds))
-    if args.command == "export-trace":
-        export = Settings(
-            buildkit_addr=args.buildkit_addr,
-            tls_ca_cert=args.tls_ca_cert,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_server_name=args.tls_server_name,
-        )
-        with contextlib.ExitStack() as files:
-            out = sys.stdout if args.out == "-" else files.enter_context(open(args.out, "w", newline=""))
-            return asyncio.run(
-                export_trace(settings=export, arch=args.arch, out=out, timeout_seconds=args.timeout_seconds)
-            )
+            return NO_DRAIN
+        except UnicodeDecodeError:
+            print(f"buildkit-sidecar drain: --token-file={args.token_file!r}: not text", file=sys.stderr)
+            return NO_DRAIN
+        if not token:
+            print(f"buildkit-sidecar drain: --token-file={args.token_file!r}: empty", file=sys.stderr)
+            return NO_DRAIN
+    return asyncio.run(
+        drain_client(url=args.admin_url, token=token, timeout_seconds=args.timeout_seconds, token_file=args.token_file)
+    )
+
+
+def _export_trace_command(args: argparse.Namespace) -> int:
+    errors = []
+    try:
+        # The same checks as run's flags (flags only: run's environment variables do not apply).
+        export = from_sources(args, environ={})
+    except SettingsError as e:
+        errors.append(str(e))
+    out = None if args.out == "-" else Path(args.out)
+    problem = out_problem(out) if out is not None else None
+    if problem:
+        errors.append(f"--out={args.out!r}: {problem}")
+    if errors:
+        print(f"buildkit-sidecar export-trace: {'; '.join(errors)}", file=sys.stderr)
+        return EXIT_STARTUP
+    return asyncio.run(
+        export_trace(settings=export, arch=args.arch, out=out or sys.stdout, timeout_seconds=args.timeout_seconds)
+    )
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         settings = from_sources(args)
     except SettingsError as e:
@@ -280,6 +463,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(settings))
     return EXIT_FORCED
+
+
+TOP_LEVEL_FLAGS = frozenset({"-h", "--help", "--version"})
+"""Flags of the program itself; any other first flag belongs to the default command, run."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in TOP_LEVEL_FLAGS):
+        args_list.insert(0, "run")
+    args = parser().parse_args(args_list)
+    if args.command == "drain":
+        return _drain_command(args)
+    if args.command == "export-trace":
+        return _export_trace_command(args)
+    return _run_command(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ so a write on a stale view fails with 409 instead of undoing someone else's.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +26,18 @@ RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
 
 class KubeError(Exception):
-    """A Kubernetes call failed; ``retryable`` says whether trying again can help."""
+    """A Kubernetes call failed; ``retryable`` says whether trying again can help.
 
-    def __init__(self, message: str, *, status: int | None, retryable: bool) -> None:
+    ``what`` is the call (``list configmaps in buildkit``), ``detail`` the API server's own
+    message (its Status ``message``: who was refused what), empty if it sent none.
+    """
+
+    def __init__(self, message: str, *, status: int | None, retryable: bool, what: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.what = what
+        self.detail = detail
 
     @property
     def conflict(self) -> bool:
@@ -39,6 +46,17 @@ class KubeError(Exception):
     @property
     def not_found(self) -> bool:
         return self.status == 404
+
+
+def server_message(error: ApiException) -> str:
+    """The ``message`` of the Status object the API server sent with an error, or ''."""
+    body: object = error.body
+    try:
+        status = json.loads(body) if isinstance(body, str | bytes) else None
+    except ValueError:  # not JSON (UnicodeDecodeError included)
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return message if isinstance(message, str) else ""
 
 
 def wrap(error: BaseException, *, what: str) -> KubeError:
@@ -50,8 +68,10 @@ def wrap(error: BaseException, *, what: str) -> KubeError:
             f"{what}: HTTP {status} {reason}".rstrip(),
             status=status,
             retryable=status is None or status in RETRYABLE_STATUSES,
+            what=what,
+            detail=server_message(error),
         )
-    return KubeError(f"{what}: {type(error).__name__}: {error}", status=None, retryable=True)
+    return KubeError(f"{what}: {type(error).__name__}: {error}", status=None, retryable=True, what=what)
 
 
 TRANSIENT = (ApiException, aiohttp.ClientError, TimeoutError)

@@ -49,7 +49,21 @@ still says what it sees, at 12 lines an hour per pool."""
 
 
 class StartupError(Exception):
-    """The controller cannot start (no valid config, RBAC); the message says why."""
+    """``run`` cannot start (no Kubernetes configuration, the API server unreachable, RBAC, no
+    valid config); the message names the value at fault and the fix."""
+
+
+def _refusal(error: KubeError, *, where: str) -> str:
+    """A refused read of the ConfigMap, as the fix: the permission, or the credentials."""
+    said = f" ({error.detail})" if error.detail else ""
+    if error.status == 403:
+        return (
+            f"forbidden: {error.what}{said}: the autoscaler's service account needs list and watch "
+            "on configmaps (deploy/base/autoscaler/rbac.yaml)"
+        )
+    if error.status == 401:
+        return f"unauthorized: {error.what}{said}: the API server refused the credentials"
+    return f"cannot read {where}: {error}{said}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,13 +110,8 @@ class Controller:
     async def start(self, *, sync_timeout_seconds: float = 30.0) -> None:
         """Load the config (a start-up failure if there is no valid one) and start the caches."""
         where = f"ConfigMap {self.settings.config_namespace}/{self.settings.config_name}"
+        await self._first_list(where=where, timeout_seconds=sync_timeout_seconds)
         self.pools.start_cache(self._configmap)
-        try:
-            await asyncio.wait_for(self._configmap.synced.wait(), sync_timeout_seconds)
-        except TimeoutError as e:
-            raise StartupError(
-                f"cannot read {where}: no answer from the API server (check RBAC: get, list, watch on configmaps)"
-            ) from e
         obj = self._configmap.objects.get(self.settings.config_name)
         if obj is None:
             raise StartupError(f"{where} not found")
@@ -111,6 +120,27 @@ class Controller:
         except ConfigError as e:
             raise StartupError(f"{where} is invalid and there is no last good config: " + "; ".join(e.errors)) from e
         await self._apply_config(config, version=obj.metadata.resource_version)
+
+    async def _first_list(self, *, where: str, timeout_seconds: float) -> None:
+        """The ConfigMap's first LIST: a refusal (403, 401) fails at once and says which
+        permission is missing; a transient error (5xx, a dropped connection) is retried
+        until ``timeout_seconds``, then fails with the last error."""
+        deadline = self.clock() + timeout_seconds
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.wait_for(self._configmap.prime(), max(deadline - self.clock(), 0.0))
+                return
+            except TimeoutError as e:
+                raise StartupError(f"cannot read {where}: no answer within {timeout_seconds:g} s") from e
+            except KubeError as e:
+                if not e.retryable:
+                    raise StartupError(_refusal(e, where=where)) from e
+                if self.clock() + delay >= deadline:
+                    raise StartupError(f"cannot read {where} within {timeout_seconds:g} s: {e}") from e
+                log.warning("config_map_read_failed", error=str(e), retry_in_seconds=delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def wait_synced(self, *, timeout_seconds: float) -> bool:
         """Wait until every pod and HPA cache has listed; False if one has not in time.

@@ -2,7 +2,8 @@
 
 Signals only set a flag; the supervisor stops the loops, releases the Lease
 (so the other replica takes over at once) and exits 0. A start-up failure (no
-valid config, unreachable API server, a port in use) exits 2 with the reason.
+Kubernetes configuration, the API server unreachable or refusing, no valid
+config, a port in use) exits 2 with the reason, logged and on standard error.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import datetime
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
 from aiohttp import web
-from kubernetes_asyncio import client
-from kubernetes_asyncio import config as kube_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from autoscaler.controller import startup
 from autoscaler.controller.kube import Kube
 from autoscaler.controller.leadership import Elector, LeaseSettings
 from autoscaler.controller.loop import Controller, RunSettings, StartupError
@@ -67,14 +68,11 @@ def _loop_wall() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC)
 
 
-async def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """In-cluster configuration unless a kubeconfig is given."""
-    configuration = client.Configuration()
-    if kubeconfig:
-        await kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        kube_config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+def startup_failed(error: str) -> int:
+    """A start-up failure: one JSON log line, and the same words on standard error for whoever ran it."""
+    log.error("startup_failed", error=error)
+    sys.stderr.write(f"buildkit-autoscaler run: {error}\n")
+    return EXIT_STARTUP
 
 
 def http_app(*, controller: Controller, metrics: Metrics, stale_after_seconds: float) -> web.Application:
@@ -103,11 +101,15 @@ async def run(options: Options) -> int:
         loop.add_signal_handler(signum, stop.set)
     metrics = Metrics(registry=CollectorRegistry())
     try:
-        api = await api_client(options.kubeconfig)
-    except (kube_config.ConfigException, OSError) as e:
-        log.error("kubernetes_config_failed", error=str(e))
-        return EXIT_STARTUP
+        api = await startup.api_client(options.kubeconfig)
+    except StartupError as e:
+        return startup_failed(str(e))
     async with api, aiohttp.ClientSession() as http:
+        try:
+            server_version = await startup.probe(api)
+        except StartupError as e:
+            return startup_failed(str(e))
+        log.info("api_server_reachable", url=api.configuration.host, version=server_version)
         kube = Kube(api)
         # One replica acts (the Lease holder); --once acts alone, --dry-run never writes.
         elector = None
@@ -133,9 +135,8 @@ async def run(options: Options) -> int:
         try:
             await controller.start()
         except StartupError as e:
-            log.error("startup_failed", error=str(e))
             await controller.close()
-            return EXIT_STARTUP
+            return startup_failed(str(e))
         try:
             if options.once:
                 if not await controller.wait_synced(timeout_seconds=SYNC_TIMEOUT_SECONDS):
@@ -160,9 +161,10 @@ async def _serve(
     try:
         await web.TCPSite(runner, options.listen[0], options.listen[1]).start()
     except OSError as e:
-        log.error("listen_failed", error=str(e))
         await runner.cleanup()
-        return EXIT_STARTUP
+        address = f"{options.listen[0]}:{options.listen[1]}"
+        return startup_failed(f"cannot listen on --listen={address!r}: {(e.strerror or str(e)).lower()}: "
+                              "choose a free address (or stop what holds it)")  # fmt: skip
     code = EXIT_OK
     try:
         async with asyncio.TaskGroup() as tasks:

@@ -69,6 +69,11 @@ class WatchCache:
         self.synced.set()
         self.changed.set()
 
+    async def prime(self) -> None:
+        """The first LIST, made by the caller so that its failure reaches it (:class:`KubeError`):
+        the controller's start-up tells a refusal from a transient error. :meth:`run` then watches."""
+        await self._relist()
+
     async def run(self, *, stop: asyncio.Event) -> None:
         """List, then watch, until ``stop``. Errors are logged and retried with backoff."""
         failures = 0

@@ -1,5 +1,6 @@
 """The Dockerfile builds the image the manifests run: pyproject's Python, both console
-scripts, a non-root user with the same ids the manifests run it as."""
+scripts, a non-root user with the same ids the manifests run it as, and pyproject's
+version and licence in its labels."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import shlex
 from pathlib import Path
 
+from common.version import package_version
 from tests.deploy.manifests import PYPROJECT, ROOT, SCRIPTS, Obj, find
 
 
@@ -49,3 +51,17 @@ def test_the_dockerfile_runs_the_console_scripts_as_non_root_on_pyprojects_pytho
             context = {**spec.get("securityContext", {}), **c.get("securityContext", {})}
             assert (int(uid), int(gid)) == (context["runAsUser"], context["runAsGroup"])
             assert context["readOnlyRootFilesystem"] is True
+
+
+def test_the_image_is_labelled_with_the_package_version_and_licence() -> None:
+    labels = dict(
+        word.split("=", 1)
+        for instruction, args in _dockerfile()
+        if instruction == "LABEL"
+        for word in shlex.split(args)
+    )
+    assert PYPROJECT["project"]["version"] == labels["org.opencontainers.image.version"]
+    assert package_version() == labels["org.opencontainers.image.version"], "reinstall: make .venv/.installed"
+    assert PYPROJECT["project"]["license"] == labels["org.opencontainers.image.licenses"]
+    assert (ROOT / "LICENSE").is_file()
+    assert ["LICENSE"] == PYPROJECT["project"]["license-files"]
