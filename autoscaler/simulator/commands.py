@@ -38,8 +38,9 @@ def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=(
             "Replay TRACE against CONFIG with the controller's own decision function on virtual time "
             "(no cluster), next to two baselines (static provisioning at the trace's peak, and the same "
-            "policy with HPA's default behavior). Prints a table; writes report.json and chart.png to --out. "
-            "Exit 0, or 1 if the config or the trace is invalid."
+            "policy with HPA's default behavior). Prints a table; writes report.json and chart.png to --out "
+            "(with --compare also compare-report.json and compare-chart.png for CONFIG2, and comparison.json "
+            "and comparison.png: both, and B − A). Exit 0, or 1 if a config or the trace is invalid."
         ),
     )
     simulate.add_argument("--config", required=True, metavar="CONFIG", help="config.yaml or ConfigMap manifest")
@@ -53,7 +54,11 @@ def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     simulate.add_argument(
         "--out", default="simulation", metavar="DIR", help="where report.json and chart.png go (default ./simulation)"
     )
-    simulate.add_argument("--compare", metavar="CONFIG2", help="also run CONFIG2 on the same trace; print B − A")
+    simulate.add_argument(
+        "--compare",
+        metavar="CONFIG2",
+        help="also run CONFIG2 on the same trace; print B − A, write comparison.json and comparison.png",
+    )
     simulate.add_argument(
         "--routing",
         choices=ROUTINGS,
@@ -215,6 +220,11 @@ def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
             reports.append(report)
             text_report.write_json(report, out / f"{prefix}report.json")
             chart.chart(report.run, out / f"{prefix}chart.png", title=f"{Path(name).name} on {args.trace}")
+        if len(reports) == 2:
+            names = (f"A: {Path(args.config).name}", f"B: {Path(args.compare).name}")
+            text_report.write_comparison_json(reports[0], reports[1], out / "comparison.json")
+            chart.comparison_chart(reports[0].run, reports[1].run, out / "comparison.png", names=names,
+                                   title=f"{names[0]} and {names[1]} on {args.trace}")  # fmt: skip
     except SimulationError as e:
         stderr.write(f"buildkit-autoscaler simulate: {e}\n")
         return EXIT_INVALID
@@ -237,6 +247,7 @@ def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
     stdout.write(f"\nreport: {out / 'report.json'}\nchart: {out / 'chart.png'}\n")
     if len(reports) == 2:
         stdout.write(f"compare report: {out / 'compare-report.json'}\ncompare chart: {out / 'compare-chart.png'}\n")
+        stdout.write(f"comparison: {out / 'comparison.json'}\ncomparison chart: {out / 'comparison.png'}\n")
     return EXIT_OK
 
 

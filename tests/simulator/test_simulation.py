@@ -305,7 +305,7 @@ def test_the_chart_is_a_non_trivial_png(tmp_path: Path, small_trace: Path) -> No
     assert PNG_SIGNATURE == data[:8]
     assert len(data) > 20_000
     pixels = imread(tmp_path / "chart.png")
-    assert (640, 1200) == pixels.shape[:2]  # two pools: 12 × (2 × 3.2) inches at 100 dpi
+    assert (860, 1200) == pixels.shape[:2]  # two pools: 12 × (2 × (3 + 1) + 0.6) inches at 100 dpi
     assert float(np.std(pixels[..., :3])) > 0.05  # lines and text, not a blank canvas
 
 
