@@ -7,6 +7,7 @@ The chart module (matplotlib) is imported only when ``simulate`` runs: the contr
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import sys
@@ -160,17 +161,28 @@ def _load_config(path: str, *, stderr: TextIO) -> Config | None:
         return None
 
 
-def _trace_path(name: str) -> Path:
-    """A file, or else a bundled trace by name (with or without ``.csv``)."""
+def _trace_path(name: str) -> Path | None:
+    """A file, or else a bundled trace by name (with or without ``.csv``); None if neither."""
     path = Path(name)
-    if path.exists():
+    if name == "-" or path.exists():
         return path
     bundled = traces.bundled()
-    return bundled.get(name, bundled.get(f"{name}.csv", path))
+    return bundled.get(name, bundled.get(f"{name}.csv"))
+
+
+def unknown_trace(name: str) -> str:
+    """Why ``name`` is no trace: the bundled names, and the closest one if any is close."""
+    names = [file.removesuffix(".csv") for file in traces.bundled()]
+    message = f"{name}: no such file, and no bundled trace of that name (bundled: {', '.join(names)})"
+    close = difflib.get_close_matches(Path(name).name.removesuffix(".csv"), names, n=1)
+    return message + (f"; did you mean {close[0]}?" if close else "")
 
 
 def _load_trace(name: str, *, stderr: TextIO) -> Trace | None:
     path = _trace_path(name)
+    if path is None:
+        stderr.write(unknown_trace(name) + "\n")
+        return None
     text = _read(str(path), stderr=stderr)
     if text is None:
         return None
