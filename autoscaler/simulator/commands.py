@@ -282,10 +282,12 @@ def _trace_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> 
             return EXIT_INVALID
         sources.append(("<stdin>" if name == "-" else name, text.splitlines()))
     scan = from_logs(sources)
-    for error in scan.errors:
-        stderr.write(f"{error}\n")
+    for line in (*scan.errors, *scan.corrected, *scan.duplicates):
+        stderr.write(f"{line}\n")
+    if scan.corrected:
+        stderr.write(f"{len(scan.corrected)} build_completed line(s) corrected (kept, as each line says)\n")
     if scan.duplicates:
-        stderr.write(f"{scan.duplicates} duplicate build_completed line(s) (same arch and ref) counted once\n")
+        stderr.write(f"{len(scan.duplicates)} duplicate build_completed line(s) (same arch and ref) counted once\n")
     if scan.errors and not args.skip_invalid:
         stderr.write(
             f"{len(scan.errors)} unusable build_completed line(s): no trace written "
