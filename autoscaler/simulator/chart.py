@@ -240,9 +240,9 @@ def _side_legend(strip: Axes) -> None:
 def _draw_builds(ax: Axes, builds: Curve, frame: Frame, *, color: str, label: str) -> None:
     x = frame.x(builds.edges)
     ax.stairs(builds.values, x, fill=True, facecolor=color, alpha=0.25, linewidth=0, label=label, zorder=1)
-    ax.stairs(builds.values, x, color=color, linewidth=0.6, alpha=0.9, zorder=1)
+    ax.stairs(builds.values, x, baseline=None, color=color, linewidth=0.6, alpha=0.9, zorder=1)
     if builds.peak is not None:
-        ax.stairs(builds.peak, x, color=color, linewidth=0.6, linestyle=(0, (1, 1)), zorder=1,
+        ax.stairs(builds.peak, x, baseline=None, color=color, linewidth=0.6, linestyle=(0, (1, 1)), zorder=1,
                   label=f"peak in each {frame.bin_label}")  # fmt: skip
 
 
@@ -261,9 +261,9 @@ def run_figure(run: Run, *, title: str) -> Figure:
         capacity = curve(series, series.capacity, frame)
         replicas = curve(series, [r * each for r in series.replicas], frame)
         _draw_builds(ax, builds, frame, color=BUILDS, label="active builds")
-        ax.stairs(capacity.values, frame.x(capacity.edges), color=CAPACITY, linewidth=2.0, zorder=3,
+        ax.stairs(capacity.values, frame.x(capacity.edges), baseline=None, color=CAPACITY, linewidth=2.0, zorder=3,
                   label=f"capacity: ready builders × {each} builds")  # fmt: skip
-        ax.stairs(replicas.values, frame.x(replicas.edges), color=REPLICAS, linewidth=1.0, zorder=4,
+        ax.stairs(replicas.values, frame.x(replicas.edges), baseline=None, color=REPLICAS, linewidth=1.0, zorder=4,
                   linestyle=(0, (4, 2)), label="replicas (starting pods too)")  # fmt: skip
         top = max([*builds.values, *(builds.peak or []), *capacity.values, *replicas.values])
         _builds_axis(ax, top, frame)
@@ -322,8 +322,9 @@ def comparison_figure(a: Run, b: Run, *, title: str, names: tuple[str, str] = ("
             series = pool_run.series
             assert series is not None  # noqa: S101 - filtered above
             capacity = curve(series, series.capacity, frame)
-            ax.stairs(capacity.values, frame.x(capacity.edges), color=color, linewidth=linewidth, alpha=alpha,
-                      zorder=3, label=f"capacity under {label} (ready × {pool_run.capacity} builds)")  # fmt: skip
+            ax.stairs(capacity.values, frame.x(capacity.edges), baseline=None, color=color, linewidth=linewidth,
+                      alpha=alpha, zorder=3,
+                      label=f"capacity under {label} (ready × {pool_run.capacity} builds)")  # fmt: skip
             top = max(top, *capacity.values)
             counts = [u + d for u, d in zip(*scale_counts(pool_run, edges), strict=True)]
             strip.stairs(counts, frame.x(edges), color=color, linewidth=linewidth, alpha=alpha, label=label)
