@@ -292,11 +292,12 @@ def chart(run: Run, path: Path, *, title: str) -> None:
     run_figure(run, title=title).savefig(path, format="png")
 
 
-def comparison_figure(a: Run, b: Run, *, title: str, names: tuple[str, str] = ("A", "B")) -> Figure:
+def comparison_figure(a: Run, b: Run, *, title: str) -> Figure:
     """Two configs on one trace: per pool, A's and B's capacity on the same axes over the
     builds (as run under A; B's differ only by how long they took), and each one's scale
     events per bin. Replicas are left out: capacity is what the builds got, and the
-    titles give each one's cost."""
+    titles give each one's cost. The legends say just A and B (a file name would crowd
+    them off the axes): ``title`` says which config is which."""
     order = [*a.pools, *(name for name in b.pools if name not in a.pools)]
     pairs = [(a.pools.get(name), b.pools.get(name)) for name in order]
     samples = max(
@@ -307,7 +308,7 @@ def comparison_figure(a: Run, b: Run, *, title: str, names: tuple[str, str] = ("
     edges = frame.edges
     for (ax, strip), (name, pair) in zip(_panels(figure, max(1, len(pairs)), frame), zip(order, pairs, strict=True),
                                         strict=False):  # fmt: skip
-        drawn = [(label, r, color) for label, r, color in zip(names, pair, (A_COLOR, B_COLOR), strict=True)
+        drawn = [(label, r, color) for label, r, color in zip("AB", pair, (A_COLOR, B_COLOR), strict=True)
                  if r is not None and r.series is not None]  # fmt: skip
         base = drawn[0][1].series if drawn else None
         top = 0.0
@@ -324,18 +325,19 @@ def comparison_figure(a: Run, b: Run, *, title: str, names: tuple[str, str] = ("
             capacity = curve(series, series.capacity, frame)
             ax.stairs(capacity.values, frame.x(capacity.edges), baseline=None, color=color, linewidth=linewidth,
                       alpha=alpha, zorder=3,
-                      label=f"capacity under {label} (ready × {pool_run.capacity} builds)")  # fmt: skip
+                      label=f"{label}: capacity, ready × {pool_run.capacity} builds")  # fmt: skip
             top = max(top, *capacity.values)
             counts = [u + d for u, d in zip(*scale_counts(pool_run, edges), strict=True)]
-            strip.stairs(counts, frame.x(edges), color=color, linewidth=linewidth, alpha=alpha, label=label)
+            strip.stairs(counts, frame.x(edges), baseline=None, color=color, linewidth=linewidth, alpha=alpha,
+                         label=label)  # fmt: skip
             most = max(most, *counts)
             m = pool_run.metrics
-            parts.append(f"{label.split(':')[0]} {m.builder_seconds / 3600:,.1f} builder-h, {m.scale_events:,} scales")
+            parts.append(f"{label} {m.builder_seconds / 3600:,.1f} builder-h, {m.scale_events:,} scales")
         _builds_axis(ax, top, frame)
         each = {r.capacity for _, r, _ in drawn}
         if len(each) == 1:  # one scale for ready builders only if A and B give a builder the same capacity
             _replica_axis(ax, each.pop(), "ready builders")
-        ax.legend(loc="upper left", fontsize="small", ncols=3)
+        ax.legend(loc="upper left", fontsize="small", ncols=4)
         ax.set_title(f"pool {name}: " + "; ".join(parts))
         ax.set_label(f"pool {name}")
         strip.set_label(f"scale events {name}")
@@ -347,6 +349,6 @@ def comparison_figure(a: Run, b: Run, *, title: str, names: tuple[str, str] = ("
     return figure
 
 
-def comparison_chart(a: Run, b: Run, path: Path, *, title: str, names: tuple[str, str] = ("A", "B")) -> None:
+def comparison_chart(a: Run, b: Run, path: Path, *, title: str) -> None:
     """``comparison.png``: :func:`comparison_figure` as a PNG."""
-    comparison_figure(a, b, title=title, names=names).savefig(path, format="png")
+    comparison_figure(a, b, title=title).savefig(path, format="png")

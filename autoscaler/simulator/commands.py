@@ -235,7 +235,7 @@ def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
         if len(reports) == 2:
             names = (f"A: {Path(args.config).name}", f"B: {Path(args.compare).name}")
             text_report.write_comparison_json(reports[0], reports[1], out / "comparison.json")
-            chart.comparison_chart(reports[0].run, reports[1].run, out / "comparison.png", names=names,
+            chart.comparison_chart(reports[0].run, reports[1].run, out / "comparison.png",
                                    title=f"{names[0]} and {names[1]} on {args.trace}")  # fmt: skip
     except SimulationError as e:
         stderr.write(f"buildkit-autoscaler simulate: {e}\n")
