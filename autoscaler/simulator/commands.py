@@ -7,6 +7,7 @@ The chart module (matplotlib) is imported only when ``simulate`` runs: the contr
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import sys
@@ -38,8 +39,9 @@ def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=(
             "Replay TRACE against CONFIG with the controller's own decision function on virtual time "
             "(no cluster), next to two baselines (static provisioning at the trace's peak, and the same "
-            "policy with HPA's default behavior). Prints a table; writes report.json and chart.png to --out. "
-            "Exit 0, or 1 if the config or the trace is invalid."
+            "policy with HPA's default behavior). Prints a table; writes report.json and chart.png to --out "
+            "(with --compare also compare-report.json and compare-chart.png for CONFIG2, and comparison.json "
+            "and comparison.png: both, and B − A). Exit 0, or 1 if a config or the trace is invalid."
         ),
     )
     simulate.add_argument("--config", required=True, metavar="CONFIG", help="config.yaml or ConfigMap manifest")
@@ -53,7 +55,11 @@ def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     simulate.add_argument(
         "--out", default="simulation", metavar="DIR", help="where report.json and chart.png go (default ./simulation)"
     )
-    simulate.add_argument("--compare", metavar="CONFIG2", help="also run CONFIG2 on the same trace; print B − A")
+    simulate.add_argument(
+        "--compare",
+        metavar="CONFIG2",
+        help="also run CONFIG2 on the same trace; print B − A, write comparison.json and comparison.png",
+    )
     simulate.add_argument(
         "--routing",
         choices=ROUTINGS,
@@ -155,17 +161,28 @@ def _load_config(path: str, *, stderr: TextIO) -> Config | None:
         return None
 
 
-def _trace_path(name: str) -> Path:
-    """A file, or else a bundled trace by name (with or without ``.csv``)."""
+def _trace_path(name: str) -> Path | None:
+    """A file, or else a bundled trace by name (with or without ``.csv``); None if neither."""
     path = Path(name)
-    if path.exists():
+    if name == "-" or path.exists():
         return path
     bundled = traces.bundled()
-    return bundled.get(name, bundled.get(f"{name}.csv", path))
+    return bundled.get(name, bundled.get(f"{name}.csv"))
+
+
+def unknown_trace(name: str) -> str:
+    """Why ``name`` is no trace: the bundled names, and the closest one if any is close."""
+    names = [file.removesuffix(".csv") for file in traces.bundled()]
+    message = f"{name}: no such file, and no bundled trace of that name (bundled: {', '.join(names)})"
+    close = difflib.get_close_matches(Path(name).name.removesuffix(".csv"), names, n=1)
+    return message + (f"; did you mean {close[0]}?" if close else "")
 
 
 def _load_trace(name: str, *, stderr: TextIO) -> Trace | None:
     path = _trace_path(name)
+    if path is None:
+        stderr.write(unknown_trace(name) + "\n")
+        return None
     text = _read(str(path), stderr=stderr)
     if text is None:
         return None
@@ -215,6 +232,11 @@ def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
             reports.append(report)
             text_report.write_json(report, out / f"{prefix}report.json")
             chart.chart(report.run, out / f"{prefix}chart.png", title=f"{Path(name).name} on {args.trace}")
+        if len(reports) == 2:
+            names = (f"A: {Path(args.config).name}", f"B: {Path(args.compare).name}")
+            text_report.write_comparison_json(reports[0], reports[1], out / "comparison.json")
+            chart.comparison_chart(reports[0].run, reports[1].run, out / "comparison.png",
+                                   title=f"{names[0]} and {names[1]} on {args.trace}")  # fmt: skip
     except SimulationError as e:
         stderr.write(f"buildkit-autoscaler simulate: {e}\n")
         return EXIT_INVALID
@@ -237,6 +259,7 @@ def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
     stdout.write(f"\nreport: {out / 'report.json'}\nchart: {out / 'chart.png'}\n")
     if len(reports) == 2:
         stdout.write(f"compare report: {out / 'compare-report.json'}\ncompare chart: {out / 'compare-chart.png'}\n")
+        stdout.write(f"comparison: {out / 'comparison.json'}\ncomparison chart: {out / 'comparison.png'}\n")
     return EXIT_OK
 
 
@@ -259,10 +282,12 @@ def _trace_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> 
             return EXIT_INVALID
         sources.append(("<stdin>" if name == "-" else name, text.splitlines()))
     scan = from_logs(sources)
-    for error in scan.errors:
-        stderr.write(f"{error}\n")
+    for line in (*scan.errors, *scan.corrected, *scan.duplicates):
+        stderr.write(f"{line}\n")
+    if scan.corrected:
+        stderr.write(f"{len(scan.corrected)} build_completed line(s) corrected (kept, as each line says)\n")
     if scan.duplicates:
-        stderr.write(f"{scan.duplicates} duplicate build_completed line(s) (same arch and ref) counted once\n")
+        stderr.write(f"{len(scan.duplicates)} duplicate build_completed line(s) (same arch and ref) counted once\n")
     if scan.errors and not args.skip_invalid:
         stderr.write(
             f"{len(scan.errors)} unusable build_completed line(s): no trace written "

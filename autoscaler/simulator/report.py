@@ -1,4 +1,5 @@
-"""The simulator's text outputs: the terminal table, ``report.json``, the comparison (chart: :mod:`.chart`)."""
+"""The simulator's text outputs: the terminal table, ``report.json``, the comparison and
+``comparison.json`` (charts: :mod:`.chart`)."""
 
 from __future__ import annotations
 
@@ -63,11 +64,18 @@ def table(report: Report) -> str:
     return _render(["metric", *(name for name, _ in columns)], rows)
 
 
-def _change(key: str, a: float | int | None, b: float | int | None) -> str:
+def difference(a: float | int | None, b: float | int | None) -> float | int | None:
+    """B − A of one metric: an int for counts, None when either side has no value."""
     if a is None or b is None:
+        return None
+    return b - a
+
+
+def _change(key: str, a: float | int | None, b: float | int | None) -> str:
+    delta = difference(a, b)
+    if delta is None or a is None:
         return "–"
-    delta = b - a
-    text = cell(key, delta) if isinstance(delta, int) else cell(key, float(delta))
+    text = cell(key, delta)
     if delta > 0:
         text = "+" + text
     if a and key in ("builder_seconds", "overloaded_builder_seconds"):
@@ -93,6 +101,39 @@ def comparison(a: Report, b: Report, *, names: tuple[str, str]) -> str:
     if only:
         parts.append(f"pools only in {names[1]}: {', '.join(only)}\n")
     return "\n".join(parts)
+
+
+def _differences(a: dict[str, float | int | None], b: dict[str, float | int | None]) -> dict[str, float | int | None]:
+    return {key: difference(a[key], b[key]) for key in a}
+
+
+def comparison_dict(a: Report, b: Report) -> dict[str, object]:
+    """``comparison.json``: ``{"a": report A, "b": report B, "b_minus_a": D}``, where D has
+    report.json's layout (pools in both A and B, the total, the baselines) and each metric
+    is B's value minus A's (None where either is None)."""
+    pools = {
+        name: _differences(pool_run.metrics.as_dict(), b.run.pools[name].metrics.as_dict())
+        for name, pool_run in a.run.pools.items()
+        if name in b.run.pools
+    }
+    baselines = {
+        "static_peak": _differences(a.static_peak.total.as_dict(), b.static_peak.total.as_dict()),
+        "hpa_default": _differences(a.hpa_default.total.as_dict(), b.hpa_default.total.as_dict()),
+    }
+    return {
+        "a": a.as_dict(),
+        "b": b.as_dict(),
+        "b_minus_a": {
+            "pools": pools,
+            "total": _differences(a.run.total.as_dict(), b.run.total.as_dict()),
+            "baselines": baselines,
+        },
+    }
+
+
+def write_comparison_json(a: Report, b: Report, path: Path) -> None:
+    """``comparison.json`` (:func:`comparison_dict`)."""
+    path.write_text(json.dumps(comparison_dict(a, b), indent=2) + "\n", encoding="utf-8")
 
 
 def write_json(report: Report, path: Path) -> None:

@@ -186,9 +186,13 @@ class LogScan:
 
     builds: list[LoggedBuild] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    """``FILE:LINE: reason`` for every ``build_completed`` line that could not be used."""
-    duplicates: int = 0
-    """Lines repeating a build already seen (same arch and ref): the same log read twice."""
+    """``FILE:LINE: reason`` for every ``build_completed`` line that could not be used (dropped)."""
+    corrected: list[str] = field(default_factory=list)
+    """``FILE:LINE: what was changed and why`` for every build kept with a value it did not log
+    as such: a duration under the trace's resolution, or one taken from ``completed_at``."""
+    duplicates: list[str] = field(default_factory=list)
+    """``FILE:LINE: ...`` for every line repeating a build already seen (same arch and ref: the
+    same log read twice), dropped; it names the line that was kept."""
     other_lines: int = 0
     """Lines that are not ``build_completed`` events (other log lines, non-JSON noise)."""
 
@@ -205,8 +209,13 @@ def _json_object(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _logged_build(event: dict[str, Any]) -> LoggedBuild | str:
-    """A build from one ``build_completed`` event, or why not."""
+MIN_DURATION_SECONDS = 0.001
+"""The trace's resolution (durations are written in milliseconds) and the shortest build it
+holds: a fully cached build can take no measurable time, but a trace's durations are > 0."""
+
+
+def _logged_build(event: dict[str, Any]) -> tuple[LoggedBuild, str | None] | str:
+    """A build from one ``build_completed`` event and what was corrected in it, or why it is unusable."""
     arch = event.get("arch")
     ref = event.get("ref")
     if not isinstance(arch, str) or arch_problem(arch) is not None:
@@ -216,16 +225,26 @@ def _logged_build(event: dict[str, Any]) -> LoggedBuild | str:
     started = parse_rfc3339(event["started_at"]) if isinstance(event.get("started_at"), str) else None
     if started is None:
         return f"started_at {event.get('started_at')!r} is not an RFC 3339 time"
-    duration = event.get("duration_seconds")
-    if not isinstance(duration, int | float) or isinstance(duration, bool) or not math.isfinite(duration):
+    logged = event.get("duration_seconds")
+    note: str | None = None
+    if isinstance(logged, int | float) and not isinstance(logged, bool) and math.isfinite(logged):
+        duration, source = float(logged), f"duration_seconds {logged!r}"
+    else:
         completed = parse_rfc3339(event["completed_at"]) if isinstance(event.get("completed_at"), str) else None
         if completed is None:
             return "neither duration_seconds nor completed_at is usable"
         duration = (completed - started).total_seconds()
-    if duration <= 0:
-        # buildkitd's timestamps have microseconds: a fully cached build can still take none.
-        duration = 0.001
-    return LoggedBuild(arch=arch, ref=ref, started_at=started.astimezone(UTC), duration_seconds=float(duration))
+        source = f"completed_at − started_at ({duration:g} s)"
+        note = f"duration_seconds {logged!r} is not a number: used {source}"
+    if duration < 0:
+        # The sidecar clamps durations at 0: a negative one is no line it wrote as such.
+        return f"{source} is negative"
+    if duration < MIN_DURATION_SECONDS:
+        clamped = f"{source} is below the trace's resolution: counted as {MIN_DURATION_SECONDS:g} s"
+        note = clamped if note is None else f"{note}; {clamped}"
+        duration = MIN_DURATION_SECONDS
+    build = LoggedBuild(arch=arch, ref=ref, started_at=started.astimezone(UTC), duration_seconds=duration)
+    return build, note
 
 
 def from_logs(sources: Iterable[tuple[str, Iterable[str]]]) -> LogScan:
@@ -233,24 +252,32 @@ def from_logs(sources: Iterable[tuple[str, Iterable[str]]]) -> LogScan:
 
     Every build the sidecars logged is kept, whatever its result (a failed or
     cancelled build occupied its builder too). Builds come out sorted by start.
+    Every ``build_completed`` line not taken as logged is accounted for, by
+    ``FILE:LINE``: in :attr:`LogScan.errors` or :attr:`LogScan.duplicates`
+    (dropped) or :attr:`LogScan.corrected` (kept).
     """
     scan = LogScan()
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], str] = {}  # (arch, ref) → the FILE:LINE kept
     for name, lines in sources:
         for number, line in enumerate(lines, start=1):
             event = _json_object(line)
             if event is None or event.get("event") != "build_completed":
                 scan.other_lines += 1
                 continue
-            build = _logged_build(event)
-            if isinstance(build, str):
-                scan.errors.append(f"{name}:{number}: {build}")
+            where = f"{name}:{number}"
+            found = _logged_build(event)
+            if isinstance(found, str):
+                scan.errors.append(f"{where}: {found}")
                 continue
+            build, note = found
             key = (build.arch, build.ref)
-            if key in seen:
-                scan.duplicates += 1
+            kept = seen.get(key)
+            if kept is not None:
+                scan.duplicates.append(f"{where}: {build.arch} build {build.ref} again: counted once, from {kept}")
                 continue
-            seen.add(key)
+            seen[key] = where
+            if note is not None:
+                scan.corrected.append(f"{where}: {note}")
             scan.builds.append(build)
     scan.builds.sort(key=lambda b: b.started_at)
     return scan

@@ -305,7 +305,7 @@ def test_the_chart_is_a_non_trivial_png(tmp_path: Path, small_trace: Path) -> No
     assert PNG_SIGNATURE == data[:8]
     assert len(data) > 20_000
     pixels = imread(tmp_path / "chart.png")
-    assert (640, 1200) == pixels.shape[:2]  # two pools: 12 × (2 × 3.2) inches at 100 dpi
+    assert (860, 1200) == pixels.shape[:2]  # two pools: 12 × (2 × (3 + 1) + 0.6) inches at 100 dpi
     assert float(np.std(pixels[..., :3])) > 0.05  # lines and text, not a blank canvas
 
 
@@ -324,6 +324,27 @@ def test_simulate_runs_a_bundled_trace_by_name_with_the_shipped_config(tmp_path:
     code, out, _ = cli("simulate", "--config", str(shipped), "--trace", "bursty-ci-day", "--out", str(tmp_path))
     assert 0 == code
     assert "builds over 24" in out
+
+
+def test_an_unknown_trace_name_lists_the_bundled_traces_and_suggests_the_closest(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG % (1, 1))
+    code, _, err = cli("simulate", "--config", str(config), "--trace", "bursty-ci", "--out", str(tmp_path))
+    assert 1 == code
+    assert (
+        "bursty-ci: no such file, and no bundled trace of that name "
+        "(bundled: bursty-ci-day, steady-weekday, two-arch-migration); did you mean bursty-ci-day?\n"
+    ) == err
+    code, _, err = cli("trace", "--check", "nothing-like-it")
+    assert 1 == code
+    assert "no bundled trace of that name (bundled: bursty-ci-day, steady-weekday, two-arch-migration)\n" in err
+    assert "did you mean" not in err
+
+
+def test_a_bundled_trace_is_found_with_its_csv_suffix_too() -> None:
+    code, out, _ = cli("trace", "--check", "steady-weekday.csv")
+    assert 0 == code
+    assert out.startswith("steady-weekday.csv: ")
 
 
 @pytest.mark.looptime(False)

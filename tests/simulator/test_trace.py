@@ -137,12 +137,37 @@ def test_from_logs_keeps_every_build_once_and_reports_unusable_lines() -> None:
     scan = from_logs([("pod.log", lines)])
     assert [("arm64", "b"), ("amd64", "a")] == [(b.arch, b.ref) for b in scan.builds]
     assert ["pod.log:6: started_at 'yesterday' is not an RFC 3339 time"] == scan.errors
-    assert (1, 2) == (scan.duplicates, scan.other_lines)
+    assert ["pod.log:5: amd64 build a again: counted once, from pod.log:1"] == scan.duplicates
+    assert 2 == scan.other_lines
 
 
-def test_from_logs_uses_completed_at_when_duration_is_missing() -> None:
+def test_from_logs_uses_completed_at_when_duration_is_missing_and_says_so() -> None:
     scan = from_logs([("x", [logged("a", duration_seconds=None)])])
     assert 60.0 == scan.builds[0].duration_seconds
+    assert ["x:1: duration_seconds None is not a number: used completed_at − started_at (60 s)"] == scan.corrected
+
+
+def test_from_logs_reports_every_corrected_or_dropped_line_with_its_number_and_reason() -> None:
+    lines = [
+        logged("fine"),
+        logged("cached", duration_seconds=0),
+        "some other log line",
+        logged("negative", duration_seconds=-3),
+        logged("tiny", duration_seconds=0.0002),
+        logged("fine"),
+        logged("backwards", duration_seconds=None, completed_at="2026-03-02T08:59:00Z"),
+    ]
+    scan = from_logs([("pod.log", lines)])
+    assert [
+        "pod.log:2: duration_seconds 0 is below the trace's resolution: counted as 0.001 s",
+        "pod.log:5: duration_seconds 0.0002 is below the trace's resolution: counted as 0.001 s",
+    ] == scan.corrected
+    assert [
+        "pod.log:4: duration_seconds -3 is negative",
+        "pod.log:7: completed_at − started_at (-60.5 s) is negative",
+    ] == scan.errors
+    assert ["pod.log:6: amd64 build fine again: counted once, from pod.log:1"] == scan.duplicates
+    assert [("fine", 60.0), ("cached", 0.001), ("tiny", 0.001)] == [(b.ref, b.duration_seconds) for b in scan.builds]
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
@@ -174,6 +199,22 @@ def test_trace_command_refuses_unusable_lines_unless_told_to_skip_them(tmp_path:
     assert 0 == code
     assert 1 == len(parse(out).builds)
     assert "1 builds written (1 lines skipped)" in err
+
+
+def test_trace_command_reports_corrected_and_repeated_lines_and_still_writes_the_trace(tmp_path: Path) -> None:
+    log = tmp_path / "sidecar.log"
+    log.write_text("\n".join([logged("a", duration_seconds=0), logged("b"), logged("a", duration_seconds=0)]))
+    out = tmp_path / "trace.csv"
+    code, _, err = cli("trace", "--from-logs", str(log), "--out", str(out))
+    assert 0 == code
+    assert [
+        f"{log}:1: duration_seconds 0 is below the trace's resolution: counted as 0.001 s",
+        f"{log}:3: amd64 build a again: counted once, from {log}:1",
+        "1 build_completed line(s) corrected (kept, as each line says)",
+        "1 duplicate build_completed line(s) (same arch and ref) counted once",
+        "2 builds written",
+    ] == err.splitlines()
+    assert [0.001, 60.0] == sorted(b.duration_seconds for b in parse(out.read_text()).builds)
 
 
 # --- from buildkitd's history ---------------------------------------------------------------------
