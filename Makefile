@@ -1,10 +1,11 @@
-# The README's commands. Everything installs into .venv from PyPI.
+# The README's commands. Python packages install into .venv from PyPI; the few
+# programs the tests run (promtool, prometheus, haproxy) come from Debian's packages.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest soak demo demo-sidecar bench proto clean
+.PHONY: test system-deps lint typecheck pytest soak demo demo-sidecar bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) system-deps
 	$(BIN)/pytest
+
+## system-deps: the Debian packages the tests run (prometheus, haproxy), installed if missing
+system-deps:
+	.ci/install-system-deps
 
 ## soak: the end-to-end fleet run, long: at least 500 scale-downs (tests/e2e; ~20 min)
 soak: $(STAMP)
