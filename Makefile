@@ -1,10 +1,11 @@
-# The README's commands. Everything installs into .venv from PyPI.
+# The README's commands. Python packages install into .venv from PyPI; the few
+# programs the tests run (promtool, prometheus, haproxy) come from Debian's packages.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest e2e soak demo demo-sidecar bench proto clean
+.PHONY: test system-deps lint typecheck pytest e2e soak demo demo-sidecar bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) system-deps
 	$(BIN)/pytest
 
 # BENCHMARKS.md is assembled (python -m bench.assemble) from one fragment per part in bench/results,
@@ -49,6 +50,10 @@ e2e: $(STAMP)
 		--results $(RESULTS) || status=1; \
 	$(BIN)/python -m bench.assemble --results $(RESULTS) --out $(BENCHMARKS) --exit-zero || status=1; \
 	exit $$status
+
+## system-deps: the Debian packages the tests run (prometheus, haproxy, openssl), installed if missing
+system-deps:
+	.ci/install-system-deps
 
 ## soak: the end-to-end fleet run, long: at least 500 scale-downs (tests/e2e; ~20 min); writes its part of BENCHMARKS.md
 soak: $(STAMP)

@@ -9,6 +9,8 @@ proof, never on a timeout.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +24,9 @@ from common.arch import go_arch
 from sidecar.protocol import control_pb2, control_pb2_grpc
 from sidecar.settings import Settings
 from sidecar.state import Loss
+
+_GRPC_STATUS_TASK = "_AioCall._handle_status_once_received"
+"""grpc.aio's own task, one per streaming call, that waits for the call's final status."""
 
 _REFUSED_MARKERS = (
     "connection refused",
@@ -150,7 +155,7 @@ class BuildkitClient:
         return None
 
     def listen(self) -> grpc.aio.UnaryStreamCall[control_pb2.BuildHistoryRequest, control_pb2.BuildHistoryEvent]:
-        """The long-lived stream of active builds' events (no deadline)."""
+        """The long-lived stream of active builds' events (no deadline); end it with :func:`close_stream`."""
         return self._stub.ListenBuildHistory(control_pb2.BuildHistoryRequest(ActiveOnly=True))
 
     async def snapshot(self) -> dict[str, datetime | None]:
@@ -178,3 +183,36 @@ class BuildkitClient:
                     yield record_of(event.record)
         except grpc.aio.AioRpcError as e:
             raise classify(e) from e
+
+
+async def close_stream(call: grpc.aio.UnaryStreamCall[Any, Any], *, timeout_seconds: float) -> None:
+    """Cancel a streaming call (if still open) and wait until gRPC has finished it.
+
+    ``cancel()`` marks the call cancelled at once, but grpc.aio keeps a task per
+    streaming call that waits for the final status from gRPC's core, and after a
+    local cancel that status comes back from gRPC's poller thread a few loop
+    iterations later (many under CPU load). Nothing else awaits that task: whoever
+    returns right after ``cancel()`` leaves it running behind them. grpc.aio gives
+    no handle on it, so it is found by the call it refers to; should a grpc release
+    change that, there is nothing to wait for and tests/test_following.py says so.
+    ``timeout_seconds`` bounds the wait; the task is never cancelled.
+    """
+    status = _status_task(call)
+    call.cancel()
+    if status is not None:
+        await asyncio.wait({status}, timeout=timeout_seconds)
+
+
+def _status_task(call: grpc.aio.Call) -> asyncio.Task[Any] | None:
+    """grpc.aio's pending status task for ``call`` (None: none, or already done)."""
+    core_call = getattr(call, "_cython_call", None)
+    if core_call is None:
+        return None
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        if task.done() or getattr(coro, "__qualname__", None) != _GRPC_STATUS_TASK:
+            continue
+        # The coroutine's closure holds the call it waits for.
+        if any(ref is core_call for scope in gc.get_referents(coro) for ref in gc.get_referents(scope)):
+            return task
+    return None

@@ -199,9 +199,10 @@ class Follower:
             self._backoff.reset()
             await self._follow(client, reader=reader, stop=stop)
         finally:
-            if not reader.done():
-                call.cancel()
-                reader.cancel()
+            reader.cancel()
+            # Not just call.cancel(): gRPC finishes a cancelled call on a task of its own,
+            # which would outlive the session (and the follower, at stop).
+            await buildkit.close_stream(call, timeout_seconds=settings.rpc_timeout_seconds)
             with contextlib.suppress(asyncio.CancelledError, BuildkitError, _StreamEnded):
                 await reader
 

@@ -18,10 +18,12 @@ import pytest
 
 from common.arch import go_arch
 from fakes.buildkitd import FakeBuildkitd
+from sidecar import buildkit
+from sidecar.buildkit import BuildkitClient
 from sidecar.following import Backoff
 from sidecar.protocol import control_pb2
 from sidecar.state import Loss
-from tests.conftest import Running
+from tests.conftest import Running, make_settings
 
 # The suite's copy of shared/buildkit-recordings (a clone has no shared/ beside it).
 RECORDINGS = Path(__file__).resolve().parent / "data" / "v0.32.2-session.jsonl"
@@ -506,6 +508,30 @@ async def test_recorded_session_replayed_through_the_follower_counts_each_build_
         "buildkit_sidecar_build_duration_seconds_bucket", arch="amd64", result="failed", le="5.0"
     )
     assert sidecar.sample("buildkit_sidecar_builds_vanished_total", arch="amd64") is None
+
+
+# -- closing the stream ----------------------------------------------------------------
+
+
+def grpc_status_tasks() -> list[asyncio.Task[object]]:
+    """grpc.aio's own pending tasks that wait for a streaming call's final status."""
+    return [t for t in asyncio.all_tasks() if not t.done() and t.get_coro().__qualname__ == buildkit._GRPC_STATUS_TASK]
+
+
+async def test_closed_history_stream_leaves_no_grpc_task_behind(daemon: FakeBuildkitd) -> None:
+    # A plain call.cancel() leaves grpc.aio's status task pending until gRPC's core
+    # answers from its poller thread; under CPU load the follower's stop could return
+    # before that, and the leak check failed a drain test at teardown.
+    channel = buildkit.open_channel(make_settings(daemon))
+    try:
+        call = BuildkitClient(channel, rpc_timeout_seconds=10).listen()
+        await call.initial_metadata()
+        assert 1 == len(grpc_status_tasks()), "grpc.aio no longer has the task close_stream waits for"
+        await buildkit.close_stream(call, timeout_seconds=10)
+        assert [] == grpc_status_tasks()
+        assert call.cancelled()
+    finally:
+        await channel.close()
 
 
 def test_backoff_stays_at_its_cap_however_long_buildkitd_stays_down() -> None:
