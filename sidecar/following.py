@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -62,6 +63,41 @@ class Backoff:
         self.failures = 0
 
 
+UNREACHABLE_LOG_INTERVAL_SECONDS = 60.0
+"""While buildkitd stays unreachable for the same reason, one ``buildkitd_unreachable`` line a
+minute: a wrong ``--buildkit-addr`` shows in ``kubectl logs`` from the first attempt, without a
+line per retry."""
+
+
+class UnreachableLog:
+    """Says every failure to reach buildkitd, from the first attempt on, at a bounded rate."""
+
+    def __init__(self, *, address: str) -> None:
+        self._address = address
+        self._reason: str | None = None
+        self._at = -math.inf
+        self._unsaid = 0
+
+    def failed(self, *, loss: Loss, detail: str, attempt: int, retry_in_seconds: float, now: float) -> None:
+        """A failed attempt: logged if the reason changed or the last line is a minute old."""
+        self._unsaid += 1
+        if loss.value == self._reason and now - self._at < UNREACHABLE_LOG_INTERVAL_SECONDS:
+            return
+        log.warning(
+            "buildkitd_unreachable",
+            address=self._address,
+            reason=loss.value,
+            detail=detail,
+            attempt=attempt,
+            failed_attempts_since_last_line=self._unsaid,
+            retry_in_seconds=round(retry_in_seconds, 3),
+        )
+        self._reason, self._at, self._unsaid = loss.value, now, 0
+
+    def connected(self) -> None:
+        self._reason, self._at, self._unsaid = None, -math.inf, 0
+
+
 class _StreamEnded(Exception):
     """The history stream ended with status OK: buildkitd's own graceful exit."""
 
@@ -90,6 +126,7 @@ class Follower:
         self._clean_end = False
         self._failed_attempts = 0
         """Failed attempts and broken sessions so far: :attr:`Connection.attempt`."""
+        self._unreachable = UnreachableLog(address=settings.buildkit_addr)
 
     @staticmethod
     def _now() -> float:
@@ -127,7 +164,14 @@ class Follower:
                 self._lost(Loss.ERROR, repr(e))
             finally:
                 await channel.close(grace=None)
-            await self._pause(self._backoff.next_delay(), stop=stop)
+            delay = self._backoff.next_delay()
+            connection = self._state.connection
+            if not connection.up and connection.attempt > 0 and not stop.is_set():
+                self._unreachable.failed(
+                    loss=connection.loss, detail=connection.detail, attempt=connection.attempt,
+                    retry_in_seconds=delay, now=self._now(),
+                )  # fmt: skip
+            await self._pause(delay, stop=stop)
 
     async def _pause(self, delay: float, *, stop: asyncio.Event) -> None:
         """The backoff between attempts: ``delay`` seconds, cut short by ``stop`` or by a
@@ -302,6 +346,7 @@ class Follower:
             self._state.set_connection(Connection(up=True, accepting=True, loss=Loss.NONE), now=self._now())
         if not self._was_up:
             self._was_up = True
+            self._unreachable.connected()
             log.info(
                 "buildkitd_connected",
                 arch=self._state.arch,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from common.arch import go_arch
 from fakes.buildkitd import FakeBuildkitd
@@ -543,3 +544,27 @@ def test_backoff_stays_at_its_cap_however_long_buildkitd_stays_down() -> None:
     assert min(delays) >= 0.01
     backoff.reset()
     assert backoff.next_delay() <= 0.1
+
+
+async def test_a_wrong_address_is_logged_from_the_first_attempt_with_the_address_then_once_a_minute(
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory, tmp_path: Path
+) -> None:
+    # The commonest mistake (a wrong socket path) used to log nothing but sidecar_started:
+    # buildkitd_lost is written only after a first successful connection.
+    wrong = f"unix://{tmp_path / 'wrong' / 'path.sock'}"
+    with capture_logs() as logs:
+        sidecar = await sidecar_factory(buildkit_addr=wrong, reconnect_initial_seconds=0.5, reconnect_max_seconds=2.0)
+        await sidecar.until(lambda s: s.connection.attempt >= 1)
+        first = [e for e in logs if e["event"] == "buildkitd_unreachable"]
+        assert 1 == len(first)
+        assert (wrong, "refused", 1) == (first[0]["address"], first[0]["reason"], first[0]["attempt"]), first
+        assert "path.sock" in first[0]["detail"]
+        assert 0 < first[0]["retry_in_seconds"] <= 2.0
+        started = loop_time()
+        await asyncio.sleep(180)  # fake time: three minutes of retries
+        assert loop_time() - started >= 180
+    lines = [e for e in logs if e["event"] == "buildkitd_unreachable"]
+    attempts = sidecar.state.connection.attempt
+    assert attempts > 60  # a retry every ~2 s for 3 min...
+    assert 3 <= len(lines) <= 5  # ...but one line a minute, each counting the retries it stands for
+    assert attempts == sum(e["failed_attempts_since_last_line"] for e in lines) + (attempts - lines[-1]["attempt"])
