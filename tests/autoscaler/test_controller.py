@@ -56,6 +56,10 @@ class Sidecars:
 
     def __init__(self) -> None:
         self.loads: dict[str, int | None] = {}
+        self.draining: set[str] = set()
+        """IPs whose sidecar reports ``draining: true`` (its pod is being drained)."""
+        self.failing: set[str] = set()
+        """IPs whose sidecar answers, but with a 500 (its load cannot be read)."""
         self.down: set[str] = set()
         self.runners: dict[str, web.AppRunner] = {}
         with socket.socket() as probe:
@@ -64,13 +68,15 @@ class Sidecars:
 
     async def _status(self, request: web.Request) -> web.Response:
         ip = request.transport.get_extra_info("sockname")[0] if request.transport else ""
+        if ip in self.failing:
+            return web.json_response({"error": "internal"}, status=500)
         active = self.loads.get(ip, 0)
         return web.json_response(
             {
                 "version": 1,
                 "arch": "amd64",
                 "buildkit_up": active is not None,
-                "draining": False,
+                "draining": ip in self.draining,
                 "active_count": active,
                 "active_builds": None
                 if active is None
@@ -300,6 +306,42 @@ async def test_unknown_load_blocks_scale_down(fleet: Fleet, sidecars: Sidecars, 
     # the unreadable pod is treated as busy: disruption annotations keep it
     annotations = fleet.pod_by_ip("127.0.0.2")["metadata"].get("annotations") or {}
     assert ("true", "false") == (annotations.get(DO_NOT_DISRUPT), annotations.get(SAFE_TO_EVICT))
+
+
+async def test_a_scale_down_ranks_draining_builders_first_then_idle_then_busy_and_unknown_load_last(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    # One builder of each kind. maxReplicas below the replicas forces a scale-down that
+    # unknown load cannot hold back (a lowered maxReplicas is an SRE's explicit order),
+    # so every pod is ranked, the unknown ones included.
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 5}})
+    fleet.k8s.put(
+        "configmaps",
+        NS,
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(maxReplicas=4)}},
+    )
+    await fleet.reconcile()
+    idle, busy, draining, unreachable, failing = (f"127.0.0.{i}" for i in range(2, 7))
+    sidecars.loads[busy] = 1
+    sidecars.draining.add(draining)
+    await sidecars.stop(unreachable)  # refuses connections
+    sidecars.failing.add(failing)  # answers 500
+    controller = await controller_factory()
+    await asyncio.sleep(5)
+    await settle(controller, fleet)
+    await controller.cycle()
+
+    def cost(ip: str) -> int:
+        return int(fleet.pod_by_ip(ip)["metadata"]["annotations"][DELETION_COST])
+
+    assert 2.0 == sample(controller, "buildkit_autoscaler_unreadable_pods", pool="amd64")
+    # lower goes first: a draining builder takes no new builds; a pod whose load is
+    # unknown may be busy, so it goes after every pod known to be idle or busy
+    assert cost(draining) < cost(idle) < cost(busy) < min(cost(unreachable), cost(failing))
+    assert cost(unreachable) == cost(failing)
+    await fleet.reconcile()  # the ReplicaSet deletes the lowest cost
+    assert 4 == fleet.replicas
+    assert draining not in {p["status"]["podIP"] for p in fleet.pods()}
 
 
 async def test_busy_builders_carry_disruption_annotations_and_idle_ones_lose_them(
