@@ -387,8 +387,17 @@ async def test_a_valid_config_edit_is_applied_and_an_invalid_one_refused_with_th
     assert "pools[0].minReplicas" in refused[0]["message"]
     assert 1.0 == sample(controller, "buildkit_autoscaler_config_errors_total")
     assert 3 == controller.pools.states["amd64"].pool.max_replicas  # last good kept
+    # Refused once, not every cycle, nor again when the watch re-lists the same version
+    # (history compacted: 410, list again) and so reports the ConfigMap changed.
+    lists = fleet.k8s.count("list", "configmaps")
+    fleet.k8s.compact()
+    fleet.k8s.disconnect_watches()
     await step(controller, fleet)
-    assert 1 == len(events(fleet.k8s, "InvalidConfig"))  # refused once, not every cycle
+    await step(controller, fleet)
+    assert lists + 1 == fleet.k8s.count("list", "configmaps")
+    assert 1 == len(events(fleet.k8s, "InvalidConfig"))
+    assert 1.0 == sample(controller, "buildkit_autoscaler_config_errors_total")
+    assert 3 == controller.pools.states["amd64"].pool.max_replicas
 
 
 async def test_a_conflict_on_the_scale_patch_writes_nothing_and_the_next_cycle_succeeds(
