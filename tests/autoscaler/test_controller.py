@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 import yaml
 from aiohttp import web
 from kubernetes_asyncio import client
@@ -468,9 +469,14 @@ async def test_dry_run_logs_decisions_and_writes_nothing(
     for ip in list(sidecars.runners):
         sidecars.loads[ip] = 5
     writes_before = sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
-    await step(controller, fleet)
+    with structlog.testing.capture_logs() as logged:
+        await step(controller, fleet)
     assert writes_before == sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
     assert 2 == fleet.replicas
+    # what it would have done: 10 builds, 2 per replica, +1 spare → 6
+    dry = [e for e in logged if e["event"] == "scale_dry_run"]
+    assert [("amd64", 2, 6)] == [(e["pool"], e["current"], e["desired"]) for e in dry]
+    assert "10 active builds, 2 per replica, +1 spare → 6; scale 2 → 6" == dry[0]["reason"]
 
 
 async def test_a_steady_cycle_makes_no_list_and_no_patch(
