@@ -55,6 +55,10 @@ class Sidecars:
 
     def __init__(self) -> None:
         self.loads: dict[str, int | None] = {}
+        self.draining: set[str] = set()
+        """IPs whose sidecar reports ``draining: true`` (its pod is being drained)."""
+        self.failing: set[str] = set()
+        """IPs whose sidecar answers, but with a 500 (its load cannot be read)."""
         self.down: set[str] = set()
         self.runners: dict[str, web.AppRunner] = {}
         with socket.socket() as probe:
@@ -63,13 +67,15 @@ class Sidecars:
 
     async def _status(self, request: web.Request) -> web.Response:
         ip = request.transport.get_extra_info("sockname")[0] if request.transport else ""
+        if ip in self.failing:
+            return web.json_response({"error": "internal"}, status=500)
         active = self.loads.get(ip, 0)
         return web.json_response(
             {
                 "version": 1,
                 "arch": "amd64",
                 "buildkit_up": active is not None,
-                "draining": False,
+                "draining": ip in self.draining,
                 "active_count": active,
                 "active_builds": None
                 if active is None

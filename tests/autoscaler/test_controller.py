@@ -3,10 +3,24 @@ real kubernetes-asyncio client, with real HTTP sidecar fakes on loopback, on fak
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import structlog
+
 from autoscaler.controller.actuate import DELETION_COST, DO_NOT_DISRUPT, SAFE_TO_EVICT
-from tests.autoscaler.fleet import DEPLOY, NS, FixedElector, Fleet, Sidecars, config_yaml, events, sample, step
+from tests.autoscaler.fleet import (
+    DEPLOY,
+    NS,
+    FixedElector,
+    Fleet,
+    Sidecars,
+    config_yaml,
+    events,
+    sample,
+    settle,
+    step,
+)
 
 
 async def test_a_surge_scales_up_in_one_cycle_with_an_event_saying_why(
@@ -72,6 +86,42 @@ async def test_unknown_load_blocks_scale_down(fleet: Fleet, sidecars: Sidecars, 
     assert ("true", "false") == (annotations.get(DO_NOT_DISRUPT), annotations.get(SAFE_TO_EVICT))
 
 
+async def test_a_scale_down_ranks_draining_builders_first_then_idle_then_busy_and_unknown_load_last(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    # One builder of each kind. maxReplicas below the replicas forces a scale-down that
+    # unknown load cannot hold back (a lowered maxReplicas is an SRE's explicit order),
+    # so every pod is ranked, the unknown ones included.
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 5}})
+    fleet.k8s.put(
+        "configmaps",
+        NS,
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(maxReplicas=4)}},
+    )
+    await fleet.reconcile()
+    idle, busy, draining, unreachable, failing = (f"127.0.0.{i}" for i in range(2, 7))
+    sidecars.loads[busy] = 1
+    sidecars.draining.add(draining)
+    await sidecars.stop(unreachable)  # refuses connections
+    sidecars.failing.add(failing)  # answers 500
+    controller = await controller_factory()
+    await asyncio.sleep(5)
+    await settle(controller, fleet)
+    await controller.cycle()
+
+    def cost(ip: str) -> int:
+        return int(fleet.pod_by_ip(ip)["metadata"]["annotations"][DELETION_COST])
+
+    assert 2.0 == sample(controller, "buildkit_autoscaler_unreadable_pods", pool="amd64")
+    # lower goes first: a draining builder takes no new builds; a pod whose load is
+    # unknown may be busy, so it goes after every pod known to be idle or busy
+    assert cost(draining) < cost(idle) < cost(busy) < min(cost(unreachable), cost(failing))
+    assert cost(unreachable) == cost(failing)
+    await fleet.reconcile()  # the ReplicaSet deletes the lowest cost
+    assert 4 == fleet.replicas
+    assert draining not in {p["status"]["podIP"] for p in fleet.pods()}
+
+
 async def test_busy_builders_carry_disruption_annotations_and_idle_ones_lose_them(
     fleet: Fleet, sidecars: Sidecars, controller_factory: Any
 ) -> None:
@@ -115,8 +165,17 @@ async def test_a_valid_config_edit_is_applied_and_an_invalid_one_refused_with_th
     assert "pools[0].minReplicas" in refused[0]["message"]
     assert 1.0 == sample(controller, "buildkit_autoscaler_config_errors_total")
     assert 3 == controller.pools.states["amd64"].pool.max_replicas  # last good kept
+    # Refused once, not every cycle, nor again when the watch re-lists the same version
+    # (history compacted: 410, list again) and so reports the ConfigMap changed.
+    lists = fleet.k8s.count("list", "configmaps")
+    fleet.k8s.compact()
+    fleet.k8s.disconnect_watches()
     await step(controller, fleet)
-    assert 1 == len(events(fleet.k8s, "InvalidConfig"))  # refused once, not every cycle
+    await step(controller, fleet)
+    assert lists + 1 == fleet.k8s.count("list", "configmaps")
+    assert 1 == len(events(fleet.k8s, "InvalidConfig"))
+    assert 1.0 == sample(controller, "buildkit_autoscaler_config_errors_total")
+    assert 3 == controller.pools.states["amd64"].pool.max_replicas
 
 
 async def test_a_conflict_on_the_scale_patch_writes_nothing_and_the_next_cycle_succeeds(
@@ -187,9 +246,14 @@ async def test_dry_run_logs_decisions_and_writes_nothing(
     for ip in list(sidecars.runners):
         sidecars.loads[ip] = 5
     writes_before = sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
-    await step(controller, fleet)
+    with structlog.testing.capture_logs() as logged:
+        await step(controller, fleet)
     assert writes_before == sum(1 for c in fleet.k8s.calls if c[0] in ("patch", "create", "replace", "delete"))
     assert 2 == fleet.replicas
+    # what it would have done: 10 builds, 2 per replica, +1 spare → 6
+    dry = [e for e in logged if e["event"] == "scale_dry_run"]
+    assert [("amd64", 2, 6)] == [(e["pool"], e["current"], e["desired"]) for e in dry]
+    assert "10 active builds, 2 per replica, +1 spare → 6; scale 2 → 6" == dry[0]["reason"]
 
 
 async def test_a_steady_cycle_makes_no_list_and_no_patch(
