@@ -23,15 +23,14 @@ import math
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 import grpc
 import grpc.aio
 import structlog
 
-from common.timestamps import rfc3339
 from sidecar import buildkit
 from sidecar.buildkit import BuildkitClient, BuildkitError
+from sidecar.ledger import Ledger
 from sidecar.metrics import Metrics
 from sidecar.protocol import control_pb2
 from sidecar.settings import Settings
@@ -127,6 +126,7 @@ class Follower:
         self._failed_attempts = 0
         """Failed attempts and broken sessions so far: :attr:`Connection.attempt`."""
         self._unreachable = UnreachableLog(address=settings.buildkit_addr)
+        self._ledger = Ledger(state=state, metrics=metrics)
 
     @staticmethod
     def _now() -> float:
@@ -262,59 +262,8 @@ class Follower:
         raise _StreamEnded()
 
     def apply(self, event: control_pb2.BuildHistoryEvent) -> Change:
-        """Apply one history event to the tracker, then count and log it."""
-        record = buildkit.record_of(event.record)
-        now = self._now()
-        tracker = self._state.tracker
-        if event.type == control_pb2.STARTED:
-            change = tracker.started(ref=record.ref, started_at=record.created_at, now=now)
-        elif event.type == control_pb2.COMPLETE:
-            change = tracker.completed(
-                ref=record.ref,
-                error_code=record.error_code,
-                error_message=record.error_message,
-                started_at=record.created_at,
-                completed_at=record.completed_at,
-                now=now,
-            )
-        elif event.type == control_pb2.DELETED:
-            change = tracker.deleted(ref=record.ref, now=now)
-        else:  # a newer daemon's event type: nothing to do with it
-            log.debug("history_event_unknown_type", type=int(event.type))
-            return Change()
-        if change:
-            self._changed(change, source="stream")
-        return change
-
-    def _changed(self, change: Change, *, source: str) -> None:
-        state = self._state
-        self._metrics.record(change)
-        state.refresh(now=self._now())
-        arch = state.arch
-        for build in change.started:
-            if not any(done.ref == build.ref for done in change.completed):
-                log.info(
-                    "build_started",
-                    arch=arch,
-                    ref=build.ref,
-                    started_at=_iso(build.started_at),
-                    active=len(state.tracker),
-                    source=source,
-                )
-        for done in change.completed:
-            log.info(
-                "build_completed",
-                arch=arch,
-                ref=done.ref,
-                started_at=_iso(done.started_at),
-                completed_at=_iso(done.completed_at),
-                duration_seconds=done.duration_seconds,
-                result=done.result.value,
-                error=done.error or None,
-                active=len(state.tracker),
-            )
-        for build in change.vanished:
-            log.warning("build_vanished", arch=arch, ref=build.ref, active=len(state.tracker), source=source)
+        """Apply one history event to the tracker, then count and log it (:class:`Ledger`)."""
+        return self._ledger.apply(event, now=self._now())
 
     async def _resync(self, client: BuildkitClient, *, reader: asyncio.Task[None]) -> None:
         """Take a snapshot and reconcile; mark the connection up."""
@@ -338,7 +287,7 @@ class Follower:
             raise
         change = tracker.apply_snapshot(token, running, now=self._now())
         if change:
-            self._changed(change, source="snapshot")
+            self._ledger.changed(change, source="snapshot", now=self._now())
         self._clean_end = False
         self._state.last_sync_unix = time.time()
         self._state.heartbeat = self._now()
@@ -372,9 +321,3 @@ class Follower:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
-
-
-def _iso(value: object) -> str | None:
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    return None

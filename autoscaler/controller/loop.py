@@ -32,7 +32,7 @@ import aiohttp
 import structlog
 
 from autoscaler.config import Config, ConfigError, load_configmap_data
-from autoscaler.controller import observe
+from autoscaler.controller import observe, reporting
 from autoscaler.controller.actuate import Actuator, deployment_ref
 from autoscaler.controller.kube import Kube, KubeError, ObjectRef
 from autoscaler.controller.leadership import Elector
@@ -42,10 +42,6 @@ from autoscaler.controller.watching import WatchCache
 from autoscaler.policy import Decision, Observation
 
 log = structlog.get_logger("autoscaler.controller")
-
-SUMMARY_INTERVAL_SECONDS = 300.0
-"""How often each pool's ``pool_summary`` line is written while nothing changes: a held pool
-still says what it sees, at 12 lines an hour per pool."""
 
 
 class StartupError(Exception):
@@ -277,39 +273,7 @@ class Controller:
         views = tuple(observe.view(p, statuses.get(p.metadata.name), pool=pool) for p in pods)
         now = self.clock()
         decision = state.stepper.step(Observation(current_replicas=scale.replicas, pods=views), now=now)
-        self._export(state, decision)
-        self._log(state, decision, unknown=observe.unknown_reasons(views, statuses), now=now)
+        reporting.export(self.metrics, state, decision)
+        reporting.log_decision(state, decision, unknown=observe.unknown_reasons(views, statuses), now=now)
         await self.actuator.act(state, decision, scale=scale, views=views, pods=pods, now=now)
         return decision
-
-    def _log(self, state: PoolState, decision: Decision, *, unknown: dict[str, str], now: float) -> None:
-        """``decision`` when what it says changes; ``pool_summary`` at most every SUMMARY_INTERVAL_SECONDS."""
-        fields = {
-            "pool": state.pool.name,
-            "current": decision.current_replicas,
-            "desired": decision.desired_replicas,
-            "recommended": decision.recommended_replicas,
-            "active_builds": decision.active_builds,
-            "limits": [limit.value for limit in decision.limits],
-            "unknown_pods": unknown,
-            "min_replicas": state.pool.min_replicas,
-            "max_replicas": state.pool.max_replicas,
-        }
-        said = (decision.current_replicas, decision.desired_replicas, decision.limits, tuple(sorted(unknown.items())))
-        if said != state.logged:
-            state.logged = said
-            log.info("decision", **fields, reason=decision.reason)
-        elif state.summarized_at is None or now - state.summarized_at >= SUMMARY_INTERVAL_SECONDS:
-            log.info("pool_summary", **fields, reason=decision.reason)
-        else:
-            return
-        state.summarized_at = now
-
-    def _export(self, state: PoolState, decision: Decision) -> None:
-        m = self.metrics
-        name = state.pool.name
-        m.active_builds.labels(pool=name).set(decision.active_builds)
-        m.current_replicas.labels(pool=name).set(decision.current_replicas)
-        m.desired_replicas.labels(pool=name).set(decision.desired_replicas)
-        m.recommended_replicas.labels(pool=name).set(decision.recommended_replicas)
-        m.unreadable_pods.labels(pool=name).set(decision.unknown_pods)

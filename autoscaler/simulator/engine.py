@@ -240,59 +240,60 @@ class PoolSim(Fleet):
         longest = max(self.durations, default=0.0)
         return last + 100 * (longest + self.pool.history_seconds + self.model.startup_seconds) + 86400
 
-    def result(self, *, end: float) -> PoolRun:
-        """The pool's metrics, counting pods still alive up to ``end``."""
-        pods = [*self.gone, *self.pods]
-        for pod in self.pods:
-            pod.advance(end)
-        cost = sum(min(p.deleted, end) - p.created for p in pods)
-        overloaded = sum(p.overloaded for p in pods)
-        starting = sum(min(p.ready_at, p.deleted, end) - p.created for p in pods)
-        draining = sum(max(0.0, min(p.deleted, end) - p.drain_started) for p in pods)
-        durations = self.durations
-        slowdowns: list[float] = []
-        waits: list[float] = []
-        interrupted = 0
-        ended = 0
-        for i, start in enumerate(self.arrivals):
-            end_at = self.ended_at[i]
-            if math.isnan(end_at):
-                continue
-            if self.end_counts[i] == 1:
-                ended += 1
-            wait = self.dispatched[i] - start
-            if wait > 0:
-                waits.append(wait)
-            if self.interrupted[i]:
-                interrupted += 1
-            else:
-                slowdowns.append((end_at - start) / durations[i])
-        slowdowns.sort()
-        waits.sort()
-        build_seconds = math.fsum(durations)
-        lower = build_seconds / self.capacity
-        metrics = Outcome(
-            **cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
-            overloaded_builder_seconds=overloaded,
-            starting_builder_seconds=starting,
-            idle_builder_seconds=sum(p.idle for p in pods),
-            busy_builder_seconds=sum(p.busy for p in pods),
-            draining_builder_seconds=draining,
-            scale_events=self.scale_events,
-            peak_replicas=max(r for _, r in self.scales),
-            interrupted_builds=interrupted,
-        )
-        return PoolRun(
-            name=self.pool.name,
-            arch=self.pool.arch,
-            metrics=metrics,
-            slowdowns=slowdowns,
-            waits=waits,
-            build_seconds=build_seconds,
-            capacity=self.capacity,
-            scales=self.scales,
-            series=self.series,
-            cut_work_seconds=self.cut_work,
-            ended=ended,
-            builds=len(self.arrivals),
-        )
+
+def pool_run(sim: PoolSim, *, end: float) -> PoolRun:
+    """What ``sim`` measured, counting pods still alive up to ``end``."""
+    pods = [*sim.gone, *sim.pods]
+    for pod in sim.pods:
+        pod.advance(end)
+    cost = sum(min(p.deleted, end) - p.created for p in pods)
+    overloaded = sum(p.overloaded for p in pods)
+    starting = sum(min(p.ready_at, p.deleted, end) - p.created for p in pods)
+    draining = sum(max(0.0, min(p.deleted, end) - p.drain_started) for p in pods)
+    durations = sim.durations
+    slowdowns: list[float] = []
+    waits: list[float] = []
+    interrupted = 0
+    ended = 0
+    for i, start in enumerate(sim.arrivals):
+        end_at = sim.ended_at[i]
+        if math.isnan(end_at):
+            continue
+        if sim.end_counts[i] == 1:
+            ended += 1
+        wait = sim.dispatched[i] - start
+        if wait > 0:
+            waits.append(wait)
+        if sim.interrupted[i]:
+            interrupted += 1
+        else:
+            slowdowns.append((end_at - start) / durations[i])
+    slowdowns.sort()
+    waits.sort()
+    build_seconds = math.fsum(durations)
+    lower = build_seconds / sim.capacity
+    metrics = Outcome(
+        **cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
+        overloaded_builder_seconds=overloaded,
+        starting_builder_seconds=starting,
+        idle_builder_seconds=sum(p.idle for p in pods),
+        busy_builder_seconds=sum(p.busy for p in pods),
+        draining_builder_seconds=draining,
+        scale_events=sim.scale_events,
+        peak_replicas=max(r for _, r in sim.scales),
+        interrupted_builds=interrupted,
+    )
+    return PoolRun(
+        name=sim.pool.name,
+        arch=sim.pool.arch,
+        metrics=metrics,
+        slowdowns=slowdowns,
+        waits=waits,
+        build_seconds=build_seconds,
+        capacity=sim.capacity,
+        scales=sim.scales,
+        series=sim.series,
+        cut_work_seconds=sim.cut_work,
+        ended=ended,
+        builds=len(sim.arrivals),
+    )

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Literal
 
 from autoscaler.config import Config, Pool, ScaleDownRules, ScaleUpRules
-from autoscaler.simulator.engine import PoolSim
+from autoscaler.simulator.engine import PoolSim, pool_run
 from autoscaler.simulator.model import FleetModel, SimulationError
 from autoscaler.simulator.outcome import Report, Run, total
 from autoscaler.simulator.trace import Build, Trace
@@ -107,7 +107,7 @@ def run(
         sim.run(until=end)
     if progress is not None:
         progress(1.0)
-    pools = {sim.pool.name: sim.result(end=end) for sim in sims}
+    pools = {sim.pool.name: pool_run(sim, end=end) for sim in sims}
     return Run(pools=pools, total=total(list(pools.values())), span_seconds=end)
 
 

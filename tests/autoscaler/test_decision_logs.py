@@ -7,7 +7,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from autoscaler.controller.loop import SUMMARY_INTERVAL_SECONDS
+from autoscaler.controller.reporting import SUMMARY_INTERVAL_SECONDS
 from tests.autoscaler.fleet import Fleet, Sidecars, step
 
 
