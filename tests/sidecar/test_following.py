@@ -568,3 +568,19 @@ async def test_a_wrong_address_is_logged_from_the_first_attempt_with_the_address
     assert attempts > 60  # a retry every ~2 s for 3 min...
     assert 3 <= len(lines) <= 5  # ...but one line a minute, each counting the retries it stands for
     assert attempts == sum(e["failed_attempts_since_last_line"] for e in lines) + (attempts - lines[-1]["attempt"])
+
+
+async def test_a_buildkitd_lost_after_connecting_is_logged_once_with_the_reason_and_detail(
+    daemon: FakeBuildkitd, sidecar_factory: SidecarFactory
+) -> None:
+    # The troubleshooting guide sends users to this line's reason and detail.
+    with capture_logs() as logs:
+        sidecar = await connected(sidecar_factory)
+        await daemon.kill()
+        await sidecar.until(lambda s: not s.up)
+        await sidecar.until(lambda s: s.connection.attempt >= 3)  # more failed attempts: still one line
+    lost = [e for e in logs if e["event"] == "buildkitd_lost"]
+    assert 1 == len(lost)
+    assert lost[0]["reason"] in {loss.value for loss in Loss}
+    assert lost[0]["detail"]
+    assert "amd64" == lost[0]["arch"]
