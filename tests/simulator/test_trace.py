@@ -13,7 +13,7 @@ from autoscaler.cli import build_parser
 from autoscaler.simulator import traces
 from autoscaler.simulator.trace import Build, TraceError, from_logs, parse
 from fakes.buildkitd import FakeBuildkitd
-from sidecar.main import export_trace
+from sidecar.commands import export_trace
 from sidecar.settings import Settings
 
 
