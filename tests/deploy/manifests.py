@@ -72,14 +72,43 @@ def builders(objs: list[Obj], config: Config) -> Iterator[tuple[Any, Obj]]:
         yield pool, deployment
 
 
+def project_image(image: str) -> bool:
+    """The project's own image (Dockerfile), as opposed to buildkitd's or HAProxy's."""
+    return image.rsplit(":", 1)[0].endswith("/buildkit-fleet")
+
+
+def env(container_spec: Obj) -> dict[str, str]:
+    """A container's plain ``env`` values (``valueFrom`` entries left out)."""
+    return {e["name"]: e["value"] for e in container_spec.get("env", []) if "value" in e}
+
+
+def selects(selector: dict[str, str], template: Obj) -> bool:
+    """Whether a label selector (matchLabels, or a Service's selector) picks a pod template's pods."""
+    return bool(selector) and selector.items() <= template["metadata"]["labels"].items()
+
+
+def way_in(objs: list[Obj], pool: Any) -> tuple[Obj, Obj, Obj]:
+    """A pool's builds, as a client's connection takes them: the LoadBalancer Service named
+    after the pool's Deployment (the name buildx dials and the server certificate carries),
+    the router Deployment whose pods it selects, and the headless Service over the builders
+    that this router resolves (its ``ROUTER_BACKENDS``, a fully qualified Service name)."""
+    service = one(objs, "Service", pool.deployment)
+    (router,) = [d for d in find(objs, "Deployment") if selects(service["spec"]["selector"], d["spec"]["template"])]
+    fqdn = env(container(router["spec"]["template"]["spec"], "haproxy"))["ROUTER_BACKENDS"]
+    name, namespace, rest = fqdn.split(".", 2)
+    assert "svc.cluster.local" == rest, fqdn
+    backends = one(objs, "Service", name)
+    assert namespace == backends["metadata"]["namespace"], fqdn
+    return service, router, backends
+
+
 def sidecar_settings(pod_spec: Obj) -> Settings:
     """The sidecar's settings exactly as the sidecar itself parses its container's args and env."""
     sidecar = container(pod_spec, "sidecar")
     assert sidecar["command"][0] in SCRIPTS, sidecar["command"]
     args = sidecar_parser().parse_args(sidecar["args"])
     assert "run" == args.command
-    environ = {e["name"]: e["value"] for e in sidecar.get("env", []) if "value" in e}
-    return from_sources(args, environ)
+    return from_sources(args, env(sidecar))
 
 
 def flag(args: list[str], name: str) -> list[str]:

@@ -62,7 +62,7 @@ def test_the_autoscaler_runs_two_replicas_with_an_identity_and_a_disruption_budg
     assert "/healthz" == autoscaler["livenessProbe"]["httpGet"]["path"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert autoscaler["securityContext"]["readOnlyRootFilesystem"] is True
-    (pdb,) = find(shipped, "PodDisruptionBudget")
+    pdb = one(shipped, "PodDisruptionBudget", "buildkit-autoscaler")
     assert 1 == pdb["spec"]["minAvailable"]
     assert (
         pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()

@@ -23,6 +23,7 @@ from tests.deploy.manifests import (
     one,
     quantity_bytes,
     sidecar_settings,
+    way_in,
 )
 
 
@@ -136,11 +137,12 @@ def test_each_pool_runs_on_its_arch_and_selects_its_own_builders(shipped: list[O
         for other, other_deployment in builders(shipped, config):
             if other is not pool:
                 assert not pool.selector.items() <= other_deployment["spec"]["template"]["metadata"]["labels"].items()
-        # The load balancer's Service for this arch selects this pool's pods only.
-        service = one(shipped, "Service", pool.deployment)
-        assert dict(pool.selector) == service["spec"]["selector"]
-        buildkitd_ports = {p["name"] for p in container(spec, "buildkitd")["ports"]}
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= buildkitd_ports
+        # The headless Service through which this arch's router finds its builders
+        # selects this pool's pods only (tests/deploy/test_router.py: the rest of the way in).
+        _, _, backends = way_in(shipped, pool)
+        assert dict(pool.selector) == backends["spec"]["selector"]
+        ports = {p["name"] for c in [*spec["initContainers"], *spec["containers"]] for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in backends["spec"]["ports"]} <= ports
 
 
 def test_state_volume_and_ephemeral_storage_leave_room_for_the_build_cache(shipped: list[Obj], config: Config) -> None:

@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 from common.version import package_version
-from tests.deploy.manifests import PYPROJECT, ROOT, SCRIPTS, Obj, find
+from tests.deploy.manifests import PYPROJECT, ROOT, SCRIPTS, Obj, find, project_image
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -45,7 +45,7 @@ def test_the_dockerfile_runs_the_console_scripts_as_non_root_on_pyprojects_pytho
     for deployment in find(shipped, "Deployment"):
         spec = deployment["spec"]["template"]["spec"]
         for c in [*spec.get("initContainers", []), *spec["containers"]]:
-            if c["image"].startswith("moby/"):
+            if not project_image(c["image"]):
                 continue
             assert c["command"][0] in SCRIPTS, c["name"]
             context = {**spec.get("securityContext", {}), **c.get("securityContext", {})}

@@ -13,7 +13,19 @@ import yaml
 from autoscaler.config import Config, load_config
 from common.addresses import host_port
 from tests.deploy import documented
-from tests.deploy.manifests import DEPLOY, ROOT, Obj, builders, container, find, flag, one, sidecar_settings
+from tests.deploy.manifests import (
+    DEPLOY,
+    ROOT,
+    Obj,
+    builders,
+    container,
+    find,
+    flag,
+    one,
+    project_image,
+    sidecar_settings,
+    way_in,
+)
 from tests.deploy.rbac import code_permissions, grants_by_name
 
 UNPINNABLE = {"create"}
@@ -108,6 +120,7 @@ def test_the_guides_new_pool_gets_its_builders_service_role_names_and_certificat
 
     (certificate,) = find(objs, "Certificate", "buildkitd-tls")
     deployments = {}
+    routers_of: dict[str, str] = {}
     for pool, deployment in builders(objs, extended):
         deployments[pool.name] = deployment
         template = deployment["spec"]["template"]
@@ -120,8 +133,12 @@ def test_the_guides_new_pool_gets_its_builders_service_role_names_and_certificat
         assert pool.sidecar_port == host_port(settings.listen)[1]
         assert pool.arch == spec["nodeSelector"]["kubernetes.io/arch"]
         assert [pool.arch] == [t["value"] for t in spec["tolerations"] if t["key"] == "kubernetes.io/arch"]
-        service = one(objs, "Service", pool.deployment)
-        assert dict(pool.selector) == service["spec"]["selector"]
+        # its own way in: a LoadBalancer Service under its name, its own router, which
+        # resolves a headless Service over this pool's builders only
+        service, router, backends = way_in(objs, pool)
+        assert dict(pool.selector) == backends["spec"]["selector"]
+        assert "LoadBalancer" == service["spec"]["type"]
+        routers_of[pool.name] = router["metadata"]["name"]
         name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
         assert {name, f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"} <= set(
             certificate["spec"]["dnsNames"]
@@ -135,6 +152,7 @@ def test_the_guides_new_pool_gets_its_builders_service_role_names_and_certificat
             if pool.selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
         ]
         assert [pool.name] == picked
+    assert len(extended.pools) == len(set(routers_of.values())), routers_of
     # one image for the project's containers, the new pool's included
     images = {
         c["image"]
@@ -143,7 +161,7 @@ def test_the_guides_new_pool_gets_its_builders_service_role_names_and_certificat
             *d["spec"]["template"]["spec"].get("initContainers", []),
             *d["spec"]["template"]["spec"]["containers"],
         ]
-        if not c["image"].startswith("moby/")
+        if project_image(c["image"])
     }
     assert {"registry.internal/platform/buildkit-fleet:0.1.0"} == images
 
