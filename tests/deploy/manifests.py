@@ -3,9 +3,9 @@ and containers out of a render, and a builder's sidecar settings parsed exactly 
 sidecar parses its own args and env. The renders themselves are fixtures (conftest.py).
 
 The tests need ``kubectl`` (1.27+, kustomize v5), ``openssl`` for the guide's certificate
-steps, and, for the alerts, Debian's ``prometheus`` (``promtool``, ``prometheus``):
-.ci/run installs the last two. Nothing is skipped when one is missing: the test fails and
-says what to install.
+steps, for the alerts Debian's ``prometheus`` (``promtool``, ``prometheus``), and for the
+router Debian's ``haproxy``: .ci/run installs the last three. Nothing is skipped when one
+is missing: the test fails and says what to install.
 """
 
 from __future__ import annotations

@@ -194,8 +194,11 @@ def test_network_policies_admit_the_ports_in_use_and_deny_the_rest(shipped: list
         p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in p["spec"]
         for p in policies
     )
-    autoscaler = one(shipped, "Deployment", "buildkit-autoscaler")["spec"]["template"]
-    for template in [d["spec"]["template"] for _, d in builders(shipped, config)] + [autoscaler]:
+    # every pod of the fleet: builders, routers (tests/deploy/test_router.py: who may reach
+    # buildkitd and the agent), the autoscaler
+    templates = [d["spec"]["template"] for d in find(shipped, "Deployment")]
+    assert len(config.pools) + 1 < len(templates)
+    for template in templates:
         labels = template["metadata"]["labels"]
         ports = {
             p["name"]
