@@ -257,6 +257,8 @@ def test_a_router_rollout_config_change_or_eviction_keeps_a_router_up_and_cuts_n
 def test_the_router_runs_unprivileged_and_is_probed_on_haproxys_health_uri(shipped: list[Obj], config: Config) -> None:
     metrics = CFG["frontend metrics"]
     monitor_uri = value(metrics, "monitor-uri")
+    # not Ready while it could place no build: the Service sends it none, a rollout waits
+    assert [["monitor", "fail", "if", "{", "nbsrv(tier_any)", "lt", "1", "}"]] == lines(metrics, "monitor")
     assert [["http-request", "use-service", "prometheus-exporter", "if", "{", "path", "/metrics", "}"]] == lines(
         metrics, "http-request"
     )
