@@ -88,7 +88,7 @@ def test_the_variants_render_what_they_promise(renders: dict[str, list[Obj]]) ->
 def test_custom_resources_have_the_structure_their_operators_expect(composed: list[Obj], config: Config) -> None:
     builder_pods = [d["spec"]["template"] for _, d in builders(composed, config)]
 
-    (pod_monitor,) = find(composed, "PodMonitor")
+    pod_monitor = one(composed, "PodMonitor", "buildkitd")
     labels = pod_monitor["spec"]["selector"]["matchLabels"]
     for template in builder_pods:
         assert labels.items() <= template["metadata"]["labels"].items()
