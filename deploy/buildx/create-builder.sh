@@ -1,7 +1,9 @@
 #!/bin/sh
 # One docker buildx builder, "buildkit-fleet", with one remote node per
 # architecture, each pointing at that architecture's Service (buildkitd-amd64,
-# buildkitd-arm64: port 1234, mTLS). Then one command builds both natively:
+# buildkitd-arm64: port 1234, mTLS), which is the arch's router: it passes each
+# connection, TLS untouched, to the least-loaded builder (docs/deployment.md:
+# "The router"). Then one command builds both natively:
 #
 #   docker buildx build --builder buildkit-fleet \
 #     --platform linux/amd64,linux/arm64 \
@@ -22,7 +24,7 @@
 #   kubectl -n buildkit get secret buildx-client-tls -o jsonpath='{.data.tls\.key}' | base64 -d > certs/tls.key
 set -eu
 
-# Where the per-arch Services are reached: the load balancers' addresses
+# Where the per-arch router Services are reached: the load balancers' addresses
 # (`kubectl -n buildkit get svc buildkitd-amd64 buildkitd-arm64`), or the
 # in-cluster names for CI that runs in the cluster.
 AMD64_ENDPOINT=${AMD64_ENDPOINT:-tcp://buildkitd-amd64.buildkit.svc:1234}
@@ -31,7 +33,8 @@ ARM64_ENDPOINT=${ARM64_ENDPOINT:-tcp://buildkitd-arm64.buildkit.svc:1234}
 CERTS=${CERTS:-$PWD/certs}
 
 # servername: the name buildkitd's certificate carries (its dnsNames), so the
-# client can verify it even when it connects through a load balancer address.
+# client can verify it even when it connects through a load balancer address
+# and a router (neither terminates TLS: the certificate is the builder's).
 docker buildx create --name buildkit-fleet --driver remote \
   --platform linux/amd64 \
   --driver-opt "cacert=$CERTS/ca.crt,cert=$CERTS/tls.crt,key=$CERTS/tls.key,servername=buildkitd-amd64.buildkit.svc" \

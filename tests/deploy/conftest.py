@@ -69,12 +69,14 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
     dry_run = _own_overlay(tmp_path_factory.mktemp("overlay"), components=["dry-run"])
     with_components = guide_overlay(tmp_path_factory.mktemp("guide"), "### Your overlay")
     with_pool = guide_overlay(tmp_path_factory.mktemp("guide-pool"), "## Adding a pool")
+    without_router = guide_overlay(tmp_path_factory.mktemp("guide-no-router"), "### Running without the router")
     return {
         "deploy": kustomize(DEPLOY),
         "base": kustomize(DEPLOY / "base"),
         "with-components": kustomize(with_components),
         "with-dry-run": kustomize(dry_run),
         "with-pool": kustomize(with_pool),
+        "without-router": kustomize(without_router),
     }
 
 

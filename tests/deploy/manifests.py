@@ -40,11 +40,12 @@ def tool(name: str, install: str) -> str:
     return path
 
 
-VARIANTS = ("deploy", "base", "with-components", "with-dry-run", "with-pool")
+VARIANTS = ("deploy", "base", "with-components", "with-dry-run", "with-pool", "without-router")
 """What is rendered: deploy/ as shipped (what `kubectl apply -k deploy` applies: no CRD),
 deploy/base alone, and overlays outside deploy/, as a user's GitOps repository has them:
 the guide's (docs/deployment.md, "Your overlay": the cert-manager and monitoring
-components on), one adding the dry-run component, and the guide's "Adding a pool"."""
+components on), one adding the dry-run component, the guide's "Adding a pool", and the
+guide's "Running without the router"."""
 
 
 def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:

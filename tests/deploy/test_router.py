@@ -24,6 +24,7 @@ from autoscaler.config import Config
 from common.addresses import host_port
 from tests.deploy.haproxy import CONFIG, haproxy, lines, seconds, sections, server_template, value
 from tests.deploy.manifests import (
+    DEPLOY,
     Obj,
     builders,
     container,
@@ -44,6 +45,9 @@ BUILDX_CONNECT_DEADLINE = 20.0
 """What buildx gives one connection (gRPC's minConnectTimeout, covering the TLS handshake
 and the server's preface; issue 11): a connection held longer is a failed build."""
 
+ROUTER_POD = {"app.kubernetes.io/name": "buildkit-router"}
+"""The label every router pod carries (NetworkPolicies, PodMonitor and PDBs select it)."""
+
 CONFIG_TEXT = CONFIG.read_text(encoding="utf-8")
 CFG = sections(CONFIG_TEXT)
 
@@ -51,6 +55,15 @@ CFG = sections(CONFIG_TEXT)
 def _routers(objs: list[Obj], config: Config) -> list[tuple[Any, Obj, Obj, Obj]]:
     """Each pool with its way in: (pool, LoadBalancer Service, router Deployment, headless Service)."""
     return [(pool, *way_in(objs, pool)) for pool in config.pools]
+
+
+def _is_router_owned(obj: Obj) -> bool:
+    """A router's Deployment or PodDisruptionBudget (what running without the routers removes)."""
+    if obj["kind"] == "Deployment":
+        return selects(ROUTER_POD, obj["spec"]["template"])
+    if obj["kind"] == "PodDisruptionBudget":
+        return obj["spec"]["selector"]["matchLabels"].items() >= ROUTER_POD.items()
+    return False
 
 
 def _haproxy_container(router: Obj) -> Obj:
@@ -342,3 +355,41 @@ def test_a_builders_shortest_drain_outlasts_the_agent_interval(shipped: list[Obj
     for _, deployment in builders(shipped, config):
         settings = sidecar_settings(deployment["spec"]["template"]["spec"])
         assert settings.drain_min_seconds >= max(intervals) + 1.0
+
+
+def test_the_guides_overlay_without_the_router_sends_builds_straight_to_the_builders(
+    renders: dict[str, list[Obj]], config: Config
+) -> None:
+    shipped, without = renders["deploy"], renders["without-router"]
+    routers = {(o["kind"], o["metadata"]["name"]) for o in shipped if _is_router_owned(o)}
+    assert {kind for kind, _ in routers} == {"Deployment", "PodDisruptionBudget"}
+    ids = {(o["kind"], o["metadata"]["name"]) for o in without}
+    assert {(o["kind"], o["metadata"]["name"]) for o in shipped} - routers == ids, "the routers go, nothing else"
+    policies = find(without, "NetworkPolicy")
+    for pool, deployment in builders(without, config):
+        template = deployment["spec"]["template"]
+        # the name buildx dials now selects this pool's builders only, on buildkitd's port
+        service = one(without, "Service", pool.deployment)
+        assert "LoadBalancer" == service["spec"]["type"]
+        assert dict(pool.selector) == service["spec"]["selector"]
+        (port,) = service["spec"]["ports"]
+        assert _ports(template)[port["targetPort"]] == _ports(template)["buildkitd"]
+        # open to clients again, as before the routers
+        assert None in _admitting(policies, template["metadata"]["labels"], "buildkitd")
+        # the drain covers the load balancer's deregistration again; no other argument moved
+        shipped_args = container(one(shipped, "Deployment", pool.deployment)["spec"]["template"]["spec"], "sidecar")[
+            "args"
+        ]
+        args = container(template["spec"], "sidecar")["args"]
+        changed = [(a, b) for a, b in zip(shipped_args, args, strict=True) if a != b]
+        assert all(a.startswith("--drain-min-seconds=") for pair in changed for a in pair), changed
+        assert sidecar_settings(template["spec"]).drain_min_seconds >= 30
+
+
+def test_the_buildx_script_dials_each_arch_through_its_routers(shipped: list[Obj], config: Config) -> None:
+    script = (DEPLOY / "buildx" / "create-builder.sh").read_text(encoding="utf-8")
+    for pool, service, router, _ in _routers(shipped, config):
+        (port,) = service["spec"]["ports"]
+        endpoint = f"tcp://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port['port']}"
+        assert endpoint in script, pool.name
+        assert selects(service["spec"]["selector"], router["spec"]["template"])
