@@ -27,6 +27,9 @@ Decisions taken where the issue is silent:
 * ``arch`` defaults to the pool's name only when the name is an architecture name.
 * At least one pool; HPA's limit of 10 policies per direction.
 * Duplicate keys in the YAML are an error (PyYAML would keep the last one).
+* ``behindRouter`` (default false) refuses ``minReplicas: 0``: the router has nothing to hold
+  a build in while a first builder starts (a connection held past buildx's ~20 s deadline is a
+  failed build anyway), so a routed pool at zero would fail every build that finds it there.
 """
 
 from __future__ import annotations
@@ -284,6 +287,11 @@ class Pool(_Model):
     pod_annotations: PodAnnotations = Field(default_factory=PodAnnotations)
     """Which disruption annotations to maintain on busy pods."""
 
+    behind_router: bool = False
+    """Builds reach this pool through the router (``deploy/base/router``). The router rejects a
+    build at once while no builder is up, so such a pool must keep one: ``minReplicas`` ≥ 1.
+    False by default: a pool behind a plain Service can wait at zero for its first builder."""
+
     @model_validator(mode="before")
     @classmethod
     def _arch_defaults_to_name(cls, data: Any) -> Any:
@@ -297,6 +305,14 @@ class Pool(_Model):
         problems: list[tuple[str, str]] = []
         if self.min_replicas > self.max_replicas:
             problems.append(("minReplicas", f"must be ≤ maxReplicas ({self.max_replicas})"))
+        if self.behind_router and self.min_replicas < 1:
+            problems.append(
+                (
+                    "minReplicas",
+                    "must be ≥ 1 when behindRouter is true (the router rejects every build at once "
+                    "while no builder is up)",
+                )
+            )
         if self.min_replicas + self.spare_replicas < 1:
             problems.append(
                 (

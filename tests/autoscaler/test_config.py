@@ -192,6 +192,12 @@ ERROR_CASES: list[tuple[dict[str, Any], str]] = [
         "pools[0].spareReplicas: must be ≥ 1 when minReplicas is 0 "
         "(a pool at zero never sees a build, so never scales up)",
     ),
+    (
+        _with_pool(0, minReplicas=0, behindRouter=True),
+        "pools[0].minReplicas: must be ≥ 1 when behindRouter is true "
+        "(the router rejects every build at once while no builder is up)",
+    ),
+    (_with_pool(0, behindRouter="yes"), "pools[0].behindRouter: must be true or false, not a string"),
     (_with_pool(0, targetBuildsPerReplica=2.5), "pools[0].targetBuildsPerReplica: must be an integer, not a number"),
     (_with_pool(0, targetBuildsPerReplica=0), "pools[0].targetBuildsPerReplica: must be ≥ 1"),
     (_with_pool(0, spareReplicas=101), "pools[0].spareReplicas: must be ≤ 100"),
