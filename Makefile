@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test system-deps lint typecheck pytest e2e soak demo demo-sidecar bench proto clean
+.PHONY: test system-deps lint typecheck pytest mutate e2e soak demo demo-sidecar bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,21 @@ e2e: $(STAMP)
 ## system-deps: the Debian packages the tests run (prometheus, haproxy, openssl), installed if missing
 system-deps:
 	.ci/install-system-deps
+
+## mutate: mutation testing (mutmut) of the decision core, tracking, draining, scale-down actuation;
+## ~80 min on 2 busy cores, so not part of `test`; from scratch each time (mutmut keeps a survivor's
+## verdict even after a test that kills it is added). MUTATE_JOBS: mutants at once. See docs/mutation.md.
+MUTATE_JOBS ?= 2
+MUTMUT_STAMP := $(VENV)/.mutmut
+
+$(MUTMUT_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[mutate]'
+	touch $(MUTMUT_STAMP)
+
+mutate: $(MUTMUT_STAMP)
+	rm -rf mutants
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mutmut run --max-children $(MUTATE_JOBS)
+	$(BIN)/python -m tests.mutation_report
 
 ## soak: the end-to-end fleet run, long: at least 500 scale-downs (tests/e2e; ~20 min); writes its part of BENCHMARKS.md
 soak: $(STAMP)
