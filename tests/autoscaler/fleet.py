@@ -123,7 +123,7 @@ class Fleet:
         return [o for (r, n, _), o in self.k8s.objects.items() if r == "pods" and n == NS]
 
     def pod_by_ip(self, ip: str) -> dict[str, Any]:
-        return next(p for p in self.pods() if p["status"]["podIP"] == ip)
+        return next(p for p in self.pods() if p["status"].get("podIP") == ip)
 
     async def reconcile(self) -> None:
         """Play the ReplicaSet: add pods, or remove the lowest pod-deletion-cost ones first."""
@@ -155,7 +155,8 @@ class Fleet:
 
             [victim] = victims(pods, 1, candidate=candidate)
             self.k8s.delete("pods", NS, victim["metadata"]["name"])
-            await self.sidecars.stop(victim["status"]["podIP"])
+            if "podIP" in victim["status"]:
+                await self.sidecars.stop(victim["status"]["podIP"])
             pods = self.pods()
 
 

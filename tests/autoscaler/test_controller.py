@@ -11,6 +11,7 @@ import structlog
 from autoscaler.controller.actuate import DELETION_COST, DO_NOT_DISRUPT, SAFE_TO_EVICT
 from tests.autoscaler.fleet import (
     DEPLOY,
+    LABELS,
     NS,
     FixedElector,
     Fleet,
@@ -30,13 +31,24 @@ async def test_a_surge_scales_up_in_one_cycle_with_an_event_saying_why(
     controller = await controller_factory()
     for ip in list(sidecars.runners):
         sidecars.loads[ip] = 3
-    await step(controller, fleet)
+    with structlog.testing.capture_logs() as logged:
+        await step(controller, fleet)
     # 6 builds, 2 per replica, +1 spare -> 4
     assert 4 == fleet.replicas
     scaled = events(fleet.k8s, "ScaledUp")
     assert 1 == len(scaled)
     assert "6 active builds" in scaled[0]["message"]
-    assert "Deployment" == scaled[0]["involvedObject"]["kind"]
+    about = scaled[0]["involvedObject"]
+    assert ("Normal", "Deployment", "apps/v1", DEPLOY) == (
+        scaled[0]["type"],
+        about["kind"],
+        about["apiVersion"],
+        about["name"],
+    )
+    reason = "6 active builds, 2 per replica, +1 spare → 4; scale 2 → 4"
+    assert reason == scaled[0]["message"]
+    assert [{"event": "scaled", "log_level": "info", "pool": "amd64", "direction": "up", "current": 2, "desired": 4,
+             "reason": reason}] == [e for e in logged if e["event"] == "scaled"]  # fmt: skip
     assert 1.0 == sample(controller, "buildkit_autoscaler_scale_events_total", pool="amd64", direction="up")
     assert 4.0 == sample(controller, "buildkit_autoscaler_desired_replicas", pool="amd64")
 
@@ -54,9 +66,10 @@ async def test_scale_down_waits_for_the_window_goes_at_the_policy_rate_and_remov
     busy_ip = "127.0.0.3"
     sidecars.loads[busy_ip] = 1  # one build: need ceil(1/2)+1 = 2
     replicas = []
-    for _ in range(30):  # 150 s
-        await step(controller, fleet)
-        replicas.append(fleet.replicas)
+    with structlog.testing.capture_logs() as logged:
+        for _ in range(30):  # 150 s
+            await step(controller, fleet)
+            replicas.append(fleet.replicas)
     # nothing before the 60 s window has passed, then one pod per 30 s, down to 2
     assert [4] * 11 == replicas[:11]
     assert 2 == replicas[-1]
@@ -70,6 +83,9 @@ async def test_scale_down_waits_for_the_window_goes_at_the_policy_rate_and_remov
     first_scale = calls.index(("patch", "deployments.apps", "scale"))
     assert ("patch", "pods", None) in calls[:first_scale]
     assert 2 == len(events(fleet.k8s, "ScaledDown"))
+    assert 2.0 == sample(controller, "buildkit_autoscaler_scale_events_total", pool="amd64", direction="down")
+    # the first scale-down ranks all 4 pods; at the second, the 3 left already carry their costs
+    assert [4] == [e["patched"] for e in logged if e["event"] == "deletion_costs_set"]
 
 
 async def test_unknown_load_blocks_scale_down(fleet: Fleet, sidecars: Sidecars, controller_factory: Any) -> None:
@@ -91,23 +107,29 @@ async def test_a_scale_down_ranks_draining_builders_first_then_idle_then_busy_an
 ) -> None:
     # One builder of each kind. maxReplicas below the replicas forces a scale-down that
     # unknown load cannot hold back (a lowered maxReplicas is an SRE's explicit order),
-    # so every pod is ranked, the unknown ones included.
-    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 5}})
+    # so every pod is ranked, the unknown ones included; a pod already being deleted is not.
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 6}})
     fleet.k8s.put(
         "configmaps",
         NS,
-        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(maxReplicas=4)}},
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(maxReplicas=5)}},
     )
     await fleet.reconcile()
-    idle, busy, draining, unreachable, failing = (f"127.0.0.{i}" for i in range(2, 7))
+    idle, busy, draining, unreachable, failing, leaving = (f"127.0.0.{i}" for i in range(2, 8))
     sidecars.loads[busy] = 1
     sidecars.draining.add(draining)
     await sidecars.stop(unreachable)  # refuses connections
     sidecars.failing.add(failing)  # answers 500
+    sidecars.loads[leaving] = 2
+    terminating = fleet.pod_by_ip(leaving)
+    fleet.k8s.put(
+        "pods", NS, {**terminating, "metadata": {**terminating["metadata"], "deletionTimestamp": fleet.k8s.now()}}
+    )
     controller = await controller_factory()
     await asyncio.sleep(5)
     await settle(controller, fleet)
-    await controller.cycle()
+    with structlog.testing.capture_logs() as logged:
+        await controller.cycle()
 
     def cost(ip: str) -> int:
         return int(fleet.pod_by_ip(ip)["metadata"]["annotations"][DELETION_COST])
@@ -117,9 +139,113 @@ async def test_a_scale_down_ranks_draining_builders_first_then_idle_then_busy_an
     # unknown may be busy, so it goes after every pod known to be idle or busy
     assert cost(draining) < cost(idle) < cost(busy) < min(cost(unreachable), cost(failing))
     assert cost(unreachable) == cost(failing)
+    assert {} == (fleet.pod_by_ip(leaving)["metadata"].get("annotations") or {})  # neither ranked nor protected
+    assert [{"event": "deletion_costs_set", "log_level": "info", "pool": "amd64", "patched": 5}] == [
+        e for e in logged if e["event"] == "deletion_costs_set"
+    ]
     await fleet.reconcile()  # the ReplicaSet deletes the lowest cost
-    assert 4 == fleet.replicas
+    assert 5 == fleet.replicas
     assert draining not in {p["status"]["podIP"] for p in fleet.pods()}
+
+
+def _scale_down_to_one(fleet: Fleet) -> None:
+    """Three idle builders, maxReplicas 1: the next cycle ranks them and scales down."""
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 3}})
+    fleet.k8s.put(
+        "configmaps",
+        NS,
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": config_yaml(maxReplicas=1)}},
+    )
+
+
+def _patches_pod(name: str) -> Any:
+    def matches(request: Any) -> bool:
+        return request.method.value == "PATCH" and request.name == name and request.resource.plural == "pods"
+
+    return matches
+
+
+async def test_a_failed_pod_patch_skips_the_scale_only_after_every_other_patch_has_ended(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    _scale_down_to_one(fleet)
+    await fleet.reconcile()
+    first, *others = sorted(p["metadata"]["name"] for p in fleet.pods())
+
+    async def slowly(request: Any) -> Any:
+        await asyncio.sleep(1)  # the other pods' PATCHes answer after the failure
+        return await fleet.k8s.handle(request)
+
+    for name in others:
+        fleet.k8s.handler[_patches_pod(name)] << slowly
+    fleet.k8s.handler[_patches_pod(first)][:1] << 500
+    controller = await controller_factory()
+    await asyncio.sleep(5)
+    await settle(controller, fleet)
+    await controller.cycle()  # returns only once every PATCH it sent has been answered
+
+    assert ["0", "0"] == [fleet.k8s.get("pods", NS, n)["metadata"]["annotations"][DELETION_COST] for n in others]
+    assert 3 == fleet.replicas  # not scaled on a partial ranking
+    assert 1.0 == sample(controller, "buildkit_autoscaler_api_errors_total", operation="cycle")
+
+
+async def test_a_pod_gone_before_its_deletion_cost_is_set_does_not_stop_the_scale_down(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    _scale_down_to_one(fleet)
+    await fleet.reconcile()
+    gone = sorted(p["metadata"]["name"] for p in fleet.pods())[0]
+    fleet.k8s.handler[_patches_pod(gone)][:1] << 404
+    controller = await controller_factory()
+    with structlog.testing.capture_logs() as logged:
+        await step(controller, fleet)
+    assert 1 == fleet.replicas
+    assert [2] == [e["patched"] for e in logged if e["event"] == "deletion_costs_set"]  # the two still there
+
+
+async def test_each_disruption_annotation_can_be_switched_off(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    only_cluster_autoscaler = config_yaml(podAnnotations={"karpenterDoNotDisrupt": False})
+    fleet.k8s.put(
+        "configmaps",
+        NS,
+        {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": only_cluster_autoscaler}},
+    )
+    await fleet.reconcile()
+    controller = await controller_factory()
+    sidecars.loads["127.0.0.2"] = 1
+    await step(controller, fleet)
+    busy = fleet.pod_by_ip("127.0.0.2")["metadata"].get("annotations") or {}
+    assert (None, "false") == (busy.get(DO_NOT_DISRUPT), busy.get(SAFE_TO_EVICT))
+
+    only_karpenter = config_yaml(podAnnotations={"clusterAutoscalerSafeToEvict": False})
+    fleet.k8s.put(
+        "configmaps", NS, {"metadata": {"name": "buildkit-autoscaler"}, "data": {"config.yaml": only_karpenter}}
+    )
+    sidecars.loads["127.0.0.3"] = 1
+    await step(controller, fleet)
+    busy = fleet.pod_by_ip("127.0.0.3")["metadata"].get("annotations") or {}
+    assert ("true", None) == (busy.get(DO_NOT_DISRUPT), busy.get(SAFE_TO_EVICT))
+
+
+async def test_a_pod_not_started_keeps_the_annotations_its_template_gave_it(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    fleet.k8s.put("deployments.apps", NS, {**fleet.deployment(), "spec": {**fleet.deployment()["spec"], "replicas": 3}})
+    unscheduled = {
+        "metadata": {"name": f"{DEPLOY}-pending", "labels": dict(LABELS), "annotations": {DO_NOT_DISRUPT: "true"}},
+        "spec": {"containers": [{"name": "buildkitd", "image": "moby/buildkit"}]},
+        "status": {"phase": "Pending"},  # no node, no IP yet
+    }
+    fleet.k8s.put("pods", NS, unscheduled)  # first in the pod list
+    await fleet.reconcile()
+    controller = await controller_factory()
+    sidecars.loads["127.0.0.2"] = 1
+    await step(controller, fleet)
+    assert {DO_NOT_DISRUPT: "true"} == fleet.k8s.get("pods", NS, f"{DEPLOY}-pending")["metadata"]["annotations"]
+    busy = fleet.pod_by_ip("127.0.0.2")["metadata"].get("annotations") or {}
+    assert ("true", "false") == (busy.get(DO_NOT_DISRUPT), busy.get(SAFE_TO_EVICT))  # the pods after it too
 
 
 async def test_busy_builders_carry_disruption_annotations_and_idle_ones_lose_them(
@@ -190,11 +316,39 @@ async def test_a_conflict_on_the_scale_patch_writes_nothing_and_the_next_cycle_s
         return request.method.value == "PATCH" and request.subresource == "scale"
 
     fleet.k8s.handler[is_scale_patch][:1] << 409
-    await step(controller, fleet)
+    with structlog.testing.capture_logs() as logged:
+        await step(controller, fleet)
     assert 2 == fleet.replicas
     assert 1.0 == sample(controller, "buildkit_autoscaler_api_errors_total", operation="scale")
+    failed = [e for e in logged if e["event"] == "scale_failed"]
+    assert [("warning", "amd64", True, "next cycle")] == [
+        (e["log_level"], e["pool"], e["stale_view"], e["retry"]) for e in failed
+    ]
+    assert "409" in failed[0]["error"]
     await step(controller, fleet)
     assert 4 == fleet.replicas
+
+
+async def test_a_failed_event_post_is_counted_and_logged_and_the_scale_stands(
+    fleet: Fleet, sidecars: Sidecars, controller_factory: Any
+) -> None:
+    await fleet.reconcile()
+    controller = await controller_factory()
+    for ip in list(sidecars.runners):
+        sidecars.loads[ip] = 3
+
+    def posts_an_event(request: Any) -> bool:
+        return request.method.value == "POST" and request.resource is not None and request.resource.plural == "events"
+
+    fleet.k8s.handler[posts_an_event][:1] << 500
+    with structlog.testing.capture_logs() as logged:
+        await step(controller, fleet)
+    assert 4 == fleet.replicas
+    assert [] == events(fleet.k8s, "ScaledUp")
+    assert 1.0 == sample(controller, "buildkit_autoscaler_api_errors_total", operation="event")
+    failed = [e for e in logged if e["event"] == "event_failed"]
+    assert [("warning", "ScaledUp")] == [(e["log_level"], e["reason"]) for e in failed]
+    assert "500" in failed[0]["error"]
 
 
 async def test_an_hpa_on_the_same_deployment_refuses_the_pool(

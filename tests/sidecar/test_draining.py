@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient
 
 from fakes.buildkitd import FakeBuildkitd
@@ -380,12 +381,85 @@ async def test_drain_releases_at_once_when_buildkitd_exits_gracefully(
     await running.until(lambda s: s.draining)
     exiting = asyncio.create_task(daemon.graceful_exit(builds_finish_after=5))
 
-    status, body = await request
+    with structlog.testing.capture_logs() as logged:
+        status, body = await request
     assert (200, "buildkitd_gone") == (status, body["reason"])
     assert Loss.CLEAN_EXIT is running.state.connection.loss
+    finished = [e for e in logged if e["event"] == "drain_finished"]
+    # released on proof that buildkitd can run nothing: no builds listed as cut off
+    assert [("info", True, None)] == [(e["log_level"], e["drained"], e["active_refs"]) for e in finished]
     assert now() - began < 10
     await exiting
     assert ref in daemon.stored
+
+
+# -- what the drain tells the operator -----------------------------------------
+
+
+async def test_the_drain_logs_the_lines_the_readme_names_with_the_builds_still_running_on_timeout(
+    daemon: FakeBuildkitd, sidecar_factory: Factory, aiohttp_client: ClientFactory
+) -> None:
+    running = await connected(
+        sidecar_factory, drain_quiet_seconds=2, drain_min_seconds=2.5004, drain_timeout_seconds=60
+    )
+    ref = daemon.start_build()
+    await running.until(lambda s: s.active_count() == 1)
+    admin = await aiohttp_client(running.sidecar.admin_app)
+    with structlog.testing.capture_logs() as logged:
+        assert 504 == (await call(admin, "POST", "/drain"))[0]  # the build outlasts the deadline
+        assert 200 == (await call(admin, "DELETE", "/drain"))[0]
+        daemon.complete_build(ref)
+        await running.until(lambda s: s.active_count() == 0)
+        assert 200 == (await call(admin, "POST", "/drain"))[0]
+
+    settings = {"quiet_seconds": 2.0, "min_seconds": 2.5004, "timeout_seconds": 60.0}
+    assert [
+        {"event": "drain_started", "log_level": "info", "arch": "amd64", "active": 1, **settings},
+        {"event": "drain_finished", "log_level": "warning", "arch": "amd64", "reason": "timeout", "drained": False,
+         "waited_seconds": 60.0, "active": 1, "active_refs": [ref]},
+        {"event": "drain_cancelled", "log_level": "info", "arch": "amd64"},
+        {"event": "drain_started", "log_level": "info", "arch": "amd64", "active": 0, **settings},
+        {"event": "drain_finished", "log_level": "info", "arch": "amd64", "reason": "idle", "drained": True,
+         "waited_seconds": 2.5, "active": 0, "active_refs": None},  # to the millisecond
+    ] == [e for e in logged if e["event"].startswith("drain_")]  # fmt: skip
+
+
+async def test_a_drain_cancelled_while_it_waits_logs_no_finish(
+    daemon: FakeBuildkitd, sidecar_factory: Factory, aiohttp_client: ClientFactory
+) -> None:
+    running = await connected(sidecar_factory)
+    daemon.start_build()
+    await running.until(lambda s: s.active_count() == 1)
+    admin = await aiohttp_client(running.sidecar.admin_app)
+    with structlog.testing.capture_logs() as logged:
+        waiting = asyncio.create_task(call(admin, "POST", "/drain"))
+        await running.until(lambda s: s.draining)
+        assert 200 == (await call(admin, "DELETE", "/drain"))[0]
+        status, body = await waiting
+    assert (409, "cancelled", None) == (status, body["reason"], body["active_builds"])  # only a timeout lists them
+    assert ["drain_started", "drain_cancelled"] == [e["event"] for e in logged if e["event"].startswith("drain_")]
+    assert 1.0 == running.sample("buildkit_sidecar_drain_duration_seconds_count", arch="amd64", reason="cancelled")
+
+
+async def test_a_drain_shorter_than_a_second_releases_on_time_reported_to_the_millisecond(
+    sidecar_factory: Factory, aiohttp_client: ClientFactory
+) -> None:
+    running = await connected(sidecar_factory, drain_min_seconds=0.23456)
+    admin = await aiohttp_client(running.sidecar.admin_app)
+    began = now()
+    assert (200, {"drained": True, "reason": "idle", "waited_seconds": 0.235}) == await call(admin, "POST", "/drain")
+    assert pytest.approx(began + 0.23456, abs=0.001) == now()
+
+
+async def test_shutdown_stops_a_drain_that_is_still_waiting(daemon: FakeBuildkitd, sidecar_factory: Factory) -> None:
+    running = await connected(sidecar_factory)
+    daemon.start_build()
+    await running.until(lambda s: s.active_count() == 1)
+    drain = running.drainer.begin()
+    await running.until(lambda s: s.draining)
+
+    await running.drainer.close()
+    assert drain.cancelled()
 
 
 # -- token-protected drain on the public listener ------------------------------

@@ -120,7 +120,7 @@ def test_result_follows_the_grpc_code_of_the_record_error(code: int, result: Res
 def test_complete_before_started_is_reported_as_started_and_completed_and_never_active() -> None:
     t = tracker()
     change = complete(t, "fast", now=1.0)
-    assert ["fast"] == [b.ref for b in change.started]
+    assert [("fast", T0, 1.0)] == [(b.ref, b.started_at, b.seen_at) for b in change.started]
     assert ["fast"] == [d.ref for d in change.completed]
     assert 0 == len(t)
     assert Change() == t.started(ref="fast", started_at=T0, now=1.1)  # the late STARTED
@@ -184,6 +184,16 @@ def test_snapshot_drops_builds_known_before_it_began_and_missing_from_it() -> No
     assert Change() == complete(t, "a", now=3.0)  # its late COMPLETE is not counted twice
 
 
+def test_snapshot_drops_the_last_build_learned_before_it_began_if_missing_from_it() -> None:
+    t = tracker()
+    t.started(ref="a", started_at=T0, now=1.0)
+    t.started(ref="last", started_at=T0, now=1.0)
+    token = t.begin_snapshot()
+    change = t.apply_snapshot(token, {"a": T0}, now=2.0)
+    assert ["last"] == [b.ref for b in change.vanished]
+    assert ["a"] == list(t.active)
+
+
 def test_snapshot_keeps_builds_learned_after_it_began() -> None:
     t = tracker()
     token = t.begin_snapshot()
@@ -191,6 +201,18 @@ def test_snapshot_keeps_builds_learned_after_it_began() -> None:
     change = t.apply_snapshot(token, {}, now=2.0)
     assert Change() == change
     assert ["new"] == list(t.active)
+
+
+def test_snapshot_keeps_a_build_learned_after_it_began_when_a_complete_came_in_between() -> None:
+    t = tracker()
+    t.started(ref="a", started_at=T0, now=1.0)
+    t.started(ref="b", started_at=T0, now=1.0)
+    token = t.begin_snapshot()
+    complete(t, "a", now=2.0)  # while the snapshot is in flight: a ends, then c starts
+    t.started(ref="c", started_at=T0, now=3.0)
+    change = t.apply_snapshot(token, {"b": T0}, now=4.0)  # taken before c started
+    assert Change() == change
+    assert ["b", "c"] == list(t.active)
 
 
 def test_snapshot_adds_running_builds_it_did_not_know() -> None:
