@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -113,10 +114,7 @@ class Sidecar:
             try:
                 await web.TCPSite(runner, host, port).start()
             except OSError as e:
-                log.error("listen_failed", flag=flag, listen=listen, error=str(e))
-                reason = (e.strerror or str(e)).lower()
-                print(f"buildkit-sidecar: cannot listen on {flag}={listen!r}: {reason}: choose a free address "
-                      "(or stop what holds it)", file=sys.stderr)  # fmt: skip
+                _listen_failed(flag, listen, e)
                 for started in runners:
                     await started.cleanup()
                 return EXIT_STARTUP
@@ -155,6 +153,14 @@ class Sidecar:
             return EXIT_FORCED if self.force.is_set() else EXIT_OK
         finally:
             self.stop.set()
+
+
+def _listen_failed(flag: str, listen: str, error: OSError) -> None:
+    log.error("listen_failed", flag=flag, listen=listen, error=str(error))
+    # asyncio words a bind failure "error while attempting to bind on address ...": the errno says it plainly.
+    reason = (os.strerror(error.errno) if error.errno else error.strerror or str(error)).lower()
+    print(f"buildkit-sidecar: cannot listen on {flag}={listen!r}: {reason}: choose a free address "
+          "(or stop what holds it)", file=sys.stderr)  # fmt: skip
 
 
 async def run(settings: Settings) -> int:

@@ -105,7 +105,7 @@ async def test_startup_on_a_busy_port_exits_2(daemon: FakeBuildkitd) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, out, _ = await run_command(
+        code, out, err = await run_command(
             "--buildkit-addr",
             daemon.address,
             "--listen",
@@ -115,6 +115,7 @@ async def test_startup_on_a_busy_port_exits_2(daemon: FakeBuildkitd) -> None:
         )
     assert 2 == code
     assert '"event": "listen_failed"' in out
+    assert f"cannot listen on --listen='127.0.0.1:{port}': address already in use: choose a free address" in err
 
 
 async def test_bad_flag_value_exits_2_naming_the_flag() -> None:
