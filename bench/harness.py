@@ -329,6 +329,8 @@ async def sidecar(
         f"127.0.0.1:{public_port}",
         "--admin-listen",
         f"127.0.0.1:{admin_port}",
+        "--agent-listen",
+        "none",
         "--drain-quiet-seconds",
         "0",
         *extra_args,

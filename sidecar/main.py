@@ -32,11 +32,12 @@ from common.addresses import host_port
 from common.supervision import root_task
 from common.version import package_version
 from sidecar import endpoints
+from sidecar.agent import AgentServer
 from sidecar.commands import ADMIN_URL, NO_DRAIN, admin_url_problem, drain_client, export_trace, out_problem
 from sidecar.draining import Drainer
 from sidecar.following import Follower
 from sidecar.metrics import Metrics
-from sidecar.settings import Settings, SettingsError, add_arguments, from_sources
+from sidecar.settings import DISABLED, Settings, SettingsError, add_arguments, from_sources
 from sidecar.state import BuilderState
 from sidecar.tracking import Tracker
 
@@ -87,6 +88,7 @@ class Sidecar:
             settings=settings, state=self.state, drainer=self.drainer, metrics=self.metrics
         )
         self.admin_app = endpoints.admin_app(settings=settings, state=self.state, drainer=self.drainer)
+        self.agent = AgentServer(state=self.state, slots=settings.build_slots, metrics=self.metrics)
         self.terminate = asyncio.Event()
         self.force = asyncio.Event()
         self.stop = asyncio.Event()
@@ -118,10 +120,21 @@ class Sidecar:
                 for started in runners:
                     await started.cleanup()
                 return EXIT_STARTUP
+        if self.settings.agent_listen != DISABLED:
+            host, port = host_port(self.settings.agent_listen)
+            try:
+                await self.agent.start(host, port)
+            except OSError as e:
+                _listen_failed("--agent-listen", self.settings.agent_listen, e)
+                for started in runners:
+                    await started.cleanup()
+                return EXIT_STARTUP
         log.info(
             "sidecar_started",
             listen=self.settings.listen,
             admin_listen=self.settings.admin_listen,
+            agent_listen=self.settings.agent_listen,
+            build_slots=self.settings.build_slots,
             buildkit_addr=self.settings.buildkit_addr,
             arch=self.settings.arch,
         )
@@ -135,6 +148,7 @@ class Sidecar:
             code = EXIT_FORCED  # root_task logged which task died and why
         finally:
             await self.drainer.close()
+            await self.agent.close()
             for runner in runners:
                 await runner.cleanup()
         log.info("sidecar_stopped", exit_code=code)
@@ -196,7 +210,8 @@ def parser() -> argparse.ArgumentParser:
         "run",
         allow_abbrev=False,
         help="follow buildkitd and serve /status, /metrics, /drain (the default)",
-        description="Follow buildkitd and serve /healthz, /readyz, /metrics, /status and /drain. "
+        description="Follow buildkitd and serve /healthz, /readyz, /metrics, /status and /drain, "
+        "and answer the router's HAProxy agent-check. "
         "Every flag can also be set by the environment variable named in its help. "
         "Exit 0 after a drain that SIGTERM began, 1 on a second signal, 2 on a start-up failure.",
     )

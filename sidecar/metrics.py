@@ -137,6 +137,24 @@ class Metrics:
             ["arch", "loop"],
             registry=registry,
         )
+        self.agent_replies = Counter(
+            "buildkit_sidecar_agent_replies",
+            "Agent-check replies, by the tier asked (any if the request named none) and the reply (up, drain, down).",
+            ["arch", "tier", "reply"],
+            registry=registry,
+        )
+        self.agent_requests_defaulted = Counter(
+            "buildkit_sidecar_agent_requests_defaulted",
+            "Agent-check requests answered as tier any, by why (timeout, empty, invalid).",
+            ["arch", "reason"],
+            registry=registry,
+        )
+        self.agent_connections_refused = Counter(
+            "buildkit_sidecar_agent_connections_refused",
+            "Agent-check connections closed unanswered because the connection limit was reached.",
+            ["arch"],
+            registry=registry,
+        )
         registry.register(_StateCollector(state))
 
     @property

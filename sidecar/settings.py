@@ -24,6 +24,8 @@ from common.addresses import buildkit_address_problem, host_port
 from common.arch import arch_problem
 
 ENV_PREFIX = "BUILDKIT_SIDECAR_"
+DISABLED = "none"
+"""The value of a listener flag that turns that listener off (``--agent-listen`` only)."""
 
 
 class SettingsError(ValueError):
@@ -60,6 +62,17 @@ class Settings:
     admin_listen: str = "127.0.0.1:9091"
     """Loopback listener for /drain: reachable only from inside the pod, where
     the preStop ``exec`` hook runs."""
+
+    agent_listen: str = "0.0.0.0:9092"
+    """HAProxy agent-check listener: each router probe gets this builder's state
+    and load in one line (``none`` disables it). Every address: the routers run
+    in other pods."""
+
+    build_slots: int = 2
+    """Builds this builder takes before the agent calls it full (its load tiers
+    compare the active builds with it). Set it to the pool's
+    ``targetBuildsPerReplica`` (2 shipped), so the router and the autoscaler agree
+    on what full means."""
 
     resync_interval_seconds: float = 30.0
     """One-shot snapshot that repairs any missed event. 30 s bounds a phantom
@@ -109,6 +122,8 @@ class Option:
     range: str
     parse: Callable[[str], Any]
     check: Callable[[Any], str | None] = lambda _v: None
+    expects: str = "a number"
+    """What a value that ``parse`` refuses should have been, for the error message."""
 
     @property
     def env(self) -> str:
@@ -135,6 +150,20 @@ def _hostport(value: str) -> str | None:
     return None
 
 
+def _listener_or_none(value: str) -> str | None:
+    if value == DISABLED:
+        return None
+    problem = _hostport(value)
+    return None if problem is None else f"{problem}, or {DISABLED}"
+
+
+def _count(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be in [{low}, {high}]"
+
+    return check
+
+
 def _level(value: str) -> str | None:
     return None if value in ("debug", "info", "warning", "error") else "must be debug, info, warning or error"
 
@@ -153,6 +182,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("arch", "--arch", "Go arch", "amd64, arm64, …", str, _arch),
     Option("listen", "--listen", "host:port", "port 1–65535", str, _hostport),
     Option("admin_listen", "--admin-listen", "host:port", "port 1–65535", str, _hostport),
+    Option("agent_listen", "--agent-listen", "host:port", "port 1–65535, or none", str, _listener_or_none),
+    Option("build_slots", "--build-slots", "builds", "1–1000", int, _count(1, 1000), "a whole number"),
     Option("resync_interval_seconds", "--resync-interval-seconds", "s", "1–3600", float, _seconds(1, 3600)),
     Option("rpc_timeout_seconds", "--rpc-timeout-seconds", "s", "0.1–300", float, _seconds(0.1, 300)),
     Option("reconnect_initial_seconds", "--reconnect-initial-seconds", "s", "0.01–60", float, _seconds(0.01, 60)),
@@ -218,7 +249,7 @@ def from_sources(
         try:
             value = opt.parse(raw)
         except ValueError:
-            errors.append(f"{source}={raw!r}: must be a number")
+            errors.append(f"{source}={raw!r}: must be {opt.expects}")
             continue
         problem = opt.check(value)
         if problem:
@@ -244,6 +275,8 @@ def _cross_checks(s: Settings) -> list[str]:
         errors.append("--drain-min-seconds must not exceed --drain-timeout-seconds")
     if s.listen == s.admin_listen:
         errors.append("--listen and --admin-listen must differ")
+    if s.agent_listen in (s.listen, s.admin_listen):
+        errors.append("--agent-listen must differ from --listen and --admin-listen")
     for name in ("tls_ca_cert", "tls_cert", "tls_key", "drain_token_file"):
         path: Path | None = getattr(s, name)
         if path is not None and not path.is_file():

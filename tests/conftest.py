@@ -109,6 +109,7 @@ class Running:
     async def stop(self) -> None:
         self.sidecar.stop.set()
         await self.sidecar.drainer.close()
+        await self.sidecar.agent.close()
         await asyncio.wait_for(self.task, 30)
 
 

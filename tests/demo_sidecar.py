@@ -32,6 +32,7 @@ from fakes.buildkitd import FakeBuildkitd
 
 PUBLIC = "127.0.0.1:19090"
 ADMIN = "127.0.0.1:19091"
+AGENT = "127.0.0.1:19092"
 
 
 def say(message: str) -> None:
@@ -86,6 +87,8 @@ async def main() -> int:
             PUBLIC,
             "--admin-listen",
             ADMIN,
+            "--agent-listen",
+            AGENT,
             "--drain-quiet-seconds",
             "2",
             "--drain-min-seconds",

@@ -287,7 +287,7 @@ async def stack(
         sidecar = await start(
             "sidecar",
             [str(SIDECAR), "run", f"--buildkit-addr={daemon.address}", f"--listen=127.0.0.1:{public}",
-             f"--admin-listen=127.0.0.1:{admin}", "--arch=amd64", "--drain-quiet-seconds=0"],
+             f"--admin-listen=127.0.0.1:{admin}", "--agent-listen=none", "--arch=amd64", "--drain-quiet-seconds=0"],
         )  # fmt: skip
         server = await start(
             "prometheus",

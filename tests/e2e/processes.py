@@ -130,6 +130,9 @@ class Processes:
             f"{slot.ip}:{public_port}",
             "--admin-listen",
             f"{slot.ip}:{admin_port}",
+            # Off until the fleet runs behind the router: every sidecar's default (0.0.0.0:9092) would collide.
+            "--agent-listen",
+            "none",
             "--drain-quiet-seconds",
             str(t.drain_quiet_seconds),
             "--drain-min-seconds",

@@ -1,6 +1,6 @@
 """The real ``buildkit-sidecar`` command as a child process: how to start it (the
 installed console script, a clean environment, free ports) and :class:`Child`, its
-process and two listeners. The ``spawn`` fixture that starts one is in this folder's
+process and its listeners. The ``spawn`` fixture that starts one is in this folder's
 conftest.py; test_process.py, test_secrets_in_logs.py and test_hostile_input.py use them."""
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class Child:
-    """A sidecar process and its two listeners."""
+    """A sidecar process and its listeners."""
 
-    def __init__(self, process: asyncio.subprocess.Process, *, public: str, admin: str, log: Path) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, *, public: str, admin: str, agent_port: int, log: Path
+    ) -> None:
         self.process = process
         self.public = public
         self.admin = admin
+        self.agent_port = agent_port
+        """The agent-check listener's port, on 127.0.0.1."""
         self.log = log
 
     async def get(self, url: str, *, seconds: float = 5.0) -> tuple[int, Any]:

@@ -351,10 +351,11 @@ async def test_the_drain_is_not_reachable_from_outside_the_pod_by_default(tmp_pa
     admin port answers on loopback, refuses on the machine's other address, and the
     public listener, reachable there, has no /drain."""
     admin_host, _ = host_port(Settings().admin_listen)
-    public_port, admin_port = free_port(), free_port()
+    public_port, admin_port, agent_port = free_port(), free_port(), free_port()
     env = clean_env(
         BUILDKIT_SIDECAR_LISTEN=f"0.0.0.0:{public_port}",  # the default host
         BUILDKIT_SIDECAR_ADMIN_LISTEN=f"{admin_host}:{admin_port}",  # the default host
+        BUILDKIT_SIDECAR_AGENT_LISTEN=f"0.0.0.0:{agent_port}",  # the default host
         BUILDKIT_SIDECAR_BUILDKIT_ADDR=f"unix://{tmp_path}/absent.sock",
     )
     process = await asyncio.create_subprocess_exec(

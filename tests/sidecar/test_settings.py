@@ -37,6 +37,7 @@ def test_defaults_are_the_documented_ones() -> None:
         s.listen,
         s.admin_listen,
     )
+    assert ("0.0.0.0:9092", 2) == (s.agent_listen, s.build_slots), "the router contract's agent port and slots"
     assert (30.0, 5.0, 0.0, 3300.0, 30.0) == (
         s.resync_interval_seconds,
         s.drain_quiet_seconds,
@@ -54,6 +55,8 @@ def test_every_option_reads_its_flag_and_its_environment_variable(tmp_path: Path
         "--arch=arm64",
         "--listen=0.0.0.0:8080",
         "--admin-listen=127.0.0.1:8081",
+        "--agent-listen=0.0.0.0:8082",
+        "--build-slots=3",
         "--resync-interval-seconds=12",
         "--rpc-timeout-seconds=3.5",
         "--reconnect-initial-seconds=0.25",
@@ -71,6 +74,8 @@ def test_every_option_reads_its_flag_and_its_environment_variable(tmp_path: Path
         arch="arm64",
         listen="0.0.0.0:8080",
         admin_listen="127.0.0.1:8081",
+        agent_listen="0.0.0.0:8082",
+        build_slots=3,
         resync_interval_seconds=12,
         rpc_timeout_seconds=3.5,
         reconnect_initial_seconds=0.25,
@@ -165,6 +170,12 @@ def test_duration_that_is_not_a_finite_number_is_refused(raw: str, reason: str) 
         ("--arch", "x86_64", "must be a Go architecture name such as amd64 or arm64"),
         ("--arch", "AMD64", "must be a Go architecture name such as amd64 or arm64"),
         ("--log-level", "verbose", "must be debug, info, warning or error"),
+        ("--agent-listen", "9092", "must be host:port with a port from 1 to 65535, or none"),
+        ("--agent-listen", "off", "must be host:port with a port from 1 to 65535, or none"),
+        ("--build-slots", "0", "must be in [1, 1000]"),
+        ("--build-slots", "1001", "must be in [1, 1000]"),
+        ("--build-slots", "2.5", "must be a whole number"),
+        ("--build-slots", "two", "must be a whole number"),
     ],
 )
 def test_bad_value_names_the_flag_and_the_reason(flag: str, value: str, reason: str) -> None:
@@ -245,6 +256,21 @@ def test_reconnect_initial_above_max_is_refused() -> None:
 def test_same_listen_and_admin_listen_is_refused() -> None:
     with pytest.raises(SettingsError, match="--listen and --admin-listen must differ"):
         load("--listen=127.0.0.1:9091")
+
+
+@pytest.mark.parametrize("other", ["--listen=0.0.0.0:9092", "--admin-listen=0.0.0.0:9092"])
+def test_agent_listen_on_another_listeners_address_is_refused(other: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(other)
+    assert "--agent-listen must differ from --listen and --admin-listen" == str(caught.value)
+
+
+def test_agent_listen_none_turns_the_agent_off_and_slots_take_their_bounds() -> None:
+    assert "none" == load("--agent-listen=none").agent_listen
+    assert (1, 1000) == (
+        load("--build-slots=1").build_slots,
+        load(env={"BUILDKIT_SIDECAR_BUILD_SLOTS": "1000"}).build_slots,
+    )
 
 
 # -- host:port -------------------------------------------------------------------------
