@@ -103,6 +103,16 @@ def test_buildkitd_and_the_sidecar_share_the_socket_and_the_sidecar_runs_as_non_
         assert ["ALL"] == security["capabilities"]["drop"]
 
 
+def test_the_agents_build_slots_are_the_pools_target_builds_per_replica(shipped: list[Obj], config: Config) -> None:
+    """The router's tiers and the autoscaler must agree on what a full builder is."""
+    for pool, deployment in builders(shipped, config):
+        spec = deployment["spec"]["template"]["spec"]
+        settings = sidecar_settings(spec)
+        assert pool.target_builds_per_replica == settings.build_slots, pool.name
+        assert flag(container(spec, "sidecar")["args"], "build-slots"), "shipped explicitly, not by default"
+        assert ("0.0.0.0", 9092) == host_port(settings.agent_listen), "every address: the routers run in other pods"
+
+
 def test_probes_route_by_readyz_and_cannot_kill_a_builder_mid_build(shipped: list[Obj], config: Config) -> None:
     for _, deployment in builders(shipped, config):
         spec = deployment["spec"]["template"]["spec"]
