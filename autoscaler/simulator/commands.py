@@ -29,6 +29,15 @@ from common.timestamps import rfc3339
 
 EXIT_OK = 0
 EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+ROUTER_FLAGS = (
+    ("routers", "--routers"),
+    ("agent_interval", "--agent-interval"),
+    ("client_deadline_seconds", "--client-deadline-seconds"),
+    ("router_queue_seconds", "--router-queue-seconds"),
+)
+"""The flags that describe the router: (argparse dest, flag). Refused with another routing."""
 
 
 def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,10 +47,11 @@ def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="replay a build trace against a config on virtual time: cost, slowdown, waits, a chart",
         description=(
             "Replay TRACE against CONFIG with the controller's own decision function on virtual time "
-            "(no cluster), next to two baselines (static provisioning at the trace's peak, and the same "
-            "policy with HPA's default behavior). Prints a table; writes report.json and chart.png to --out "
-            "(with --compare also compare-report.json and compare-chart.png for CONFIG2, and comparison.json "
-            "and comparison.png: both, and B − A). Exit 0, or 1 if a config or the trace is invalid."
+            "(no cluster), next to three baselines (static provisioning at the trace's peak; the same "
+            "policy with HPA's default behavior; and that behind random routing, a plain Service). Prints a "
+            "table; writes report.json and chart.png to --out (with --compare also compare-report.json and "
+            "compare-chart.png for CONFIG2, and comparison.json and comparison.png: both, and B − A). Exit 0, "
+            "1 if a config or the trace is invalid, 2 on a usage error."
         ),
     )
     simulate.add_argument("--config", required=True, metavar="CONFIG", help="config.yaml or ConfigMap manifest")
@@ -60,11 +70,45 @@ def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="CONFIG2",
         help="also run CONFIG2 on the same trace; print B − A, write comparison.json and comparison.png",
     )
+    model = FleetModel()
     simulate.add_argument(
         "--routing",
         choices=ROUTINGS,
-        default="random",
-        help="how the load balancer picks a ready builder for a new build (default random)",
+        default=model.routing,
+        help="how a new build reaches a builder: router (the HAProxy router deploy/ ships, fed by the sidecars' "
+        "agents), random (a plain Service or cloud L4 balancer), least-connections (an idealisation: one "
+        f"balancer that sees every builder's true build count at once) (default {model.routing})",
+    )
+    simulate.add_argument(
+        "--routers",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help=f"router only: router replicas per arch, a build reaches one at random (default {model.routers})",
+    )
+    simulate.add_argument(
+        "--agent-interval",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="router only: seconds between a router's agent checks of a builder, how stale its view is "
+        f"(default {model.agent_interval_seconds:g})",
+    )
+    simulate.add_argument(
+        "--client-deadline-seconds",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="router only: how long buildx waits for its connection; a build that would wait longer fails "
+        f"(default {model.client_deadline_seconds:g})",
+    )
+    simulate.add_argument(
+        "--router-queue-seconds",
+        type=_non_negative,
+        default=None,
+        metavar="S",
+        help="router only: how long a build waits in its router for a usable builder before it fails, "
+        f"never past the client's deadline; 0: rejected at once, as shipped (default {model.router_queue_seconds:g})",
     )
     simulate.add_argument(
         "--capacity",
@@ -87,7 +131,12 @@ def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="the sidecar's drain deadline; a longer drain interrupts its builds (default 3300)",
     )
-    simulate.add_argument("--seed", type=int, default=0, help="random routing's seed (default 0)")
+    simulate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of random routing, of the router each build reaches and of the agents' phases (default 0)",
+    )
     simulate.add_argument(
         "--cold-start",
         action="store_true",
@@ -121,24 +170,74 @@ def add_trace(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, not {text}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be ≥ 1, not {text}")
     return value
 
 
+def _number(text: str, *, expected: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {expected}, not {text}") from None
+
+
 def _non_negative(text: str) -> float:
-    value = float(text)
+    value = _number(text, expected="a number ≥ 0")
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a number ≥ 0, not {text}")
     return value
 
 
 def _positive(text: str) -> float:
-    value = float(text)
+    value = _number(text, expected="a number > 0")
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
     return value
+
+
+def fleet_model(args: argparse.Namespace) -> FleetModel | str:
+    """The model the flags describe, or why they do not describe one (a router flag without the router)."""
+    given = [flag for dest, flag in ROUTER_FLAGS if getattr(args, dest) is not None]
+    if given and args.routing != "router":
+        verb = "describes" if len(given) == 1 else "describe"
+        return f"{', '.join(given)} {verb} the router: only with --routing router, not with --routing {args.routing}"
+    router = {
+        name: value
+        for name, value in (
+            ("routers", args.routers),
+            ("agent_interval_seconds", args.agent_interval),
+            ("client_deadline_seconds", args.client_deadline_seconds),
+            ("router_queue_seconds", args.router_queue_seconds),
+        )
+        if value is not None
+    }
+    return FleetModel(
+        routing=args.routing,
+        capacity=args.capacity,
+        startup_seconds=args.startup_seconds,
+        drain_timeout_seconds=args.drain_timeout_seconds,
+        seed=args.seed,
+        warm_start=not args.cold_start,
+        **router,
+    )
+
+
+def describe_routing(model: FleetModel) -> str:
+    """The routing as the run's first line names it."""
+    if model.routing != "router":
+        return f"routing {model.routing}"
+    queue = (
+        f"queue {model.router_queue_seconds:g} s, client deadline {model.client_deadline_seconds:g} s"
+        if model.router_queue_seconds > 0
+        else "no queue"
+    )
+    routers = f"{model.routers} router{'' if model.routers == 1 else 's'}"
+    return f"routing router ({routers}, agent every {model.agent_interval_seconds:g} s, {queue})"
 
 
 def _read(path: str, *, stderr: TextIO) -> str | None:
@@ -198,19 +297,15 @@ def _load_trace(name: str, *, stderr: TextIO) -> Trace | None:
 
 
 def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    model = fleet_model(args)
+    if isinstance(model, str):
+        stderr.write(f"buildkit-autoscaler simulate: {model}\n")
+        return EXIT_USAGE
     config = _load_config(args.config, stderr=stderr)
     other = _load_config(args.compare, stderr=stderr) if args.compare else None
     trace = _load_trace(args.trace, stderr=stderr)
     if config is None or trace is None or (args.compare and other is None):
         return EXIT_INVALID
-    model = FleetModel(
-        routing=args.routing,
-        capacity=args.capacity,
-        startup_seconds=args.startup_seconds,
-        drain_timeout_seconds=args.drain_timeout_seconds,
-        seed=args.seed,
-        warm_start=not args.cold_start,
-    )
     out = Path(args.out)
     # A child process for the baselines pays off on long traces only (it costs ~0.5 s to start).
     parallel = len(trace.builds) >= 20_000 and (os.cpu_count() or 1) > 1
@@ -231,12 +326,13 @@ def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
                 report = simulate(cfg, trace, model=model, progress=progress, parallel=parallel)
             reports.append(report)
             text_report.write_json(report, out / f"{prefix}report.json")
-            chart.chart(report.run, out / f"{prefix}chart.png", title=f"{Path(name).name} on {args.trace}")
+            chart.chart(report.run, out / f"{prefix}chart.png",
+                        title=f"{Path(name).name} on {args.trace}, {describe_routing(model)}")  # fmt: skip
         if len(reports) == 2:
             names = (f"A: {Path(args.config).name}", f"B: {Path(args.compare).name}")
             text_report.write_comparison_json(reports[0], reports[1], out / "comparison.json")
-            chart.comparison_chart(reports[0].run, reports[1].run, out / "comparison.png",
-                                   title=f"{names[0]} and {names[1]} on {args.trace}")  # fmt: skip
+            title = f"{names[0]} and {names[1]} on {args.trace}, {describe_routing(model)}"
+            chart.comparison_chart(reports[0].run, reports[1].run, out / "comparison.png", title=title)
     except SimulationError as e:
         stderr.write(f"buildkit-autoscaler simulate: {e}\n")
         return EXIT_INVALID
@@ -246,7 +342,7 @@ def _simulate_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
     span = reports[0].run.span_seconds
     stdout.write(
         f"{len(trace.builds):,} builds over {span / 3600:.1f} h ({', '.join(trace.archs)}); "
-        f"routing {model.routing}, startup {model.startup_seconds:g} s, "
+        f"{describe_routing(model)}, startup {model.startup_seconds:g} s, "
         f"drain deadline {model.drain_timeout_seconds:g} s\n\n"
     )
     stdout.write(f"{args.config}:\n")

@@ -1,17 +1,19 @@
 """What-if simulation: replay a build trace against a config, on virtual time.
 
-The fleet is modelled as it behaves behind a layer-4 load balancer, and the
+The fleet is modelled as it behaves behind the router (or a layer-4 load balancer), and the
 autoscaler is the real one: every ``pollIntervalSeconds`` each pool is
 observed and a :class:`autoscaler.policy.PoolStepper` (the live controller's own
 stepper over its pure decision, not a copy) sets its replicas.
 
 The model, per pool (pools are independent: a build goes to the pool of its arch):
 
-* **Routing.** A new build goes to a *ready* builder: one at random (the
-  default, as a layer-4 balancer spreads connections) or the one with the
-  fewest builds (``least-connections``; ties to the oldest). With no ready
-  builder the build waits (clients retry) and is routed, in arrival order,
-  the moment one becomes ready.
+* **Routing.** Behind the router (``router``, the default: :mod:`.routing`), a new build
+  goes through one of K routers to a builder in the first load tier that router's stale
+  view has one in, by leastconn over its own connections; with no usable builder it fails
+  (or waits in an optional router queue). Otherwise it goes to a *ready* builder: one at
+  random (``random``, as a layer-4 balancer spreads connections) or the one with the
+  fewest builds (``least-connections``; ties to the oldest); with no ready builder the
+  build waits (clients retry) and is routed, in arrival order, the moment one becomes ready.
 * **Capacity sharing.** A builder runs every build it is given; with n builds
   on a builder of capacity c each progresses at min(1, c/n) of full speed.
 * **Start-up.** A new pod is ready ``startup_seconds`` after its creation.
@@ -21,17 +23,22 @@ The model, per pool (pools are independent: a build goes to the pool of its arch
   (:func:`autoscaler.policy.deletion_cost`: idle builders first), then the most
   recently ready, then the newest. A removed pod takes no new
   builds and drains: it is deleted the moment its last build ends (at once if
-  idle); a drain that would exceed ``drain_timeout_seconds`` is cut there, and
-  the builds still running are *interrupted*.
+  idle; behind the router, not before one agent interval after its drain began,
+  since a router may still send it a build until its next poll); a drain that
+  would exceed ``drain_timeout_seconds`` is cut there, and the builds still
+  running are *interrupted*.
 
 Decisions taken where the issue is silent:
 
 * Events at the same instant happen in this order: builds end, drain
-  deadlines, pods become ready, builds arrive, the controller observes. So a
-  build that ends exactly at the drain deadline is not interrupted, and a
-  build arriving at a poll is seen by it.
+  deadlines, drained pods go, pods become ready, the routers' agent polls and
+  timers, builds arrive, the controller observes. So a build that ends exactly
+  at the drain deadline is not interrupted, and a build arriving at a poll is
+  seen by it.
 * Slowdown is (end − submission) ÷ unloaded duration: the time a developer
-  waits, so a wait for a ready builder counts. Interrupted builds have none.
+  waits, so a wait for a ready builder counts. Interrupted and failed builds
+  have none; failed builds are left out of the lower bound too (work never asked
+  of the fleet's builders).
 * The fleet starts warm: each pool with the replicas its policy keeps when
   idle (``spareReplicas`` within [min, max]), ready at second 0.
 * Every pool is simulated until the last build of the whole trace has ended,
@@ -57,7 +64,7 @@ from autoscaler.simulator.outcome import Outcome, PoolRun, Series, cost_and_dela
 from autoscaler.simulator.pods import PodState, Priority, SimPod
 from autoscaler.simulator.trace import Build
 
-_END, _DEADLINE, _READY = Priority.END, Priority.DEADLINE, Priority.READY
+_END, _DEADLINE, _RELEASE, _READY = Priority.END, Priority.DEADLINE, Priority.RELEASE, Priority.READY
 _STARTING, _SERVING, _DRAINING, _GONE = PodState.STARTING, PodState.SERVING, PodState.DRAINING, PodState.GONE
 
 
@@ -90,7 +97,9 @@ class PoolSim(Fleet):
         self.scales.append((0.0, replicas))
         for _ in range(replicas):
             pod = self._create(0.0)
-            if model.warm_start or model.startup_seconds == 0:
+            if model.warm_start:
+                self._ready(pod, 0.0, known_since=-math.inf)
+            elif model.startup_seconds == 0:
                 self._ready(pod, 0.0)
             else:
                 self._push(model.startup_seconds, _READY, pod)
@@ -131,7 +140,7 @@ class PoolSim(Fleet):
                     if self.model.startup_seconds > 0:
                         self._push(now + self.model.startup_seconds, _READY, pod)
                     else:
-                        self._ready(pod, now)
+                        self._ready(pod, now, seen_at_once=False)  # after this instant's agent polls
             self.replicas = desired
             self.observation = None
             if self.series is not None:
@@ -142,15 +151,18 @@ class PoolSim(Fleet):
         """Remove ``count`` pods as the ReplicaSet ranks them (:mod:`autoscaler.policy.replicaset`)."""
         alive = [p for p in self.pods if p.state in (_STARTING, _SERVING)]
         for pod in victims(alive, count, candidate=self._candidate):
-            if pod.state == _STARTING or not pod.builds:
+            if pod.state == _STARTING or (not pod.builds and self.drain_min == 0):
                 self._delete(pod, now)  # nothing to drain: gone at once (its ready event finds it gone)
                 continue
             pod.advance(now)
             pod.state = _DRAINING
             pod.drain_started = now
+            pod.release_at = now + self.drain_min
             pod.view = None
             self.serving.remove(pod)
             self._push(now + self.model.drain_timeout_seconds, _DEADLINE, pod, pod.version)
+            if self.drain_min > 0:
+                self._push(pod.release_at, _RELEASE, pod)
 
     def _candidate(self, pod: SimPod) -> Candidate:
         serving = pod.state == _SERVING
@@ -166,7 +178,8 @@ class PoolSim(Fleet):
         series = self.series
         if series is None:
             return
-        active = len(self.waiting) + self.running
+        queued = sum(len(q) for q in self.routers.queues) if self.routers is not None else 0
+        active = len(self.waiting) + queued + self.running
         capacity = len(self.serving) * self.capacity
         if series.times and (
             series.active_builds[-1] == active
@@ -189,9 +202,11 @@ class PoolSim(Fleet):
         inf = math.inf
         polls = 0
         give_up_at = self._give_up_at()
+        timers = self.routers.timers if self.routers is not None else []
         while True:
             next_event = events[0] if events else None
             t_event = next_event[0] if next_event is not None else inf
+            t_timer = timers[0][0] if timers else inf
             t_arrival = arrivals[self.next_arrival] if self.next_arrival < n else inf
             t_poll = self.next_poll
             if self.remaining == 0 and self.next_arrival >= n:
@@ -199,8 +214,9 @@ class PoolSim(Fleet):
                 stop = until
                 if min(t_event, t_poll) > stop:
                     break
-            # Ties: events first (their priorities are all below arrivals and polls), then arrivals, then polls.
-            if next_event is not None and t_event <= t_arrival and t_event <= t_poll:
+            # Ties: events first (their priorities are all below the rest), then the routers'
+            # timers, then arrivals, then polls.
+            if next_event is not None and t_event <= t_timer and t_event <= t_arrival and t_event <= t_poll:
                 at, priority, _, pod, version = heapq.heappop(events)
                 self.now = at
                 if priority == _END:
@@ -209,8 +225,13 @@ class PoolSim(Fleet):
                 elif priority == _DEADLINE:
                     if pod.state == _DRAINING:
                         self._deadline(pod, at)
+                elif priority == _RELEASE:
+                    self._release(pod, at)
                 elif priority == _READY and pod.state == _STARTING:
                     self._ready(pod, at)
+            elif timers and t_timer <= t_arrival and t_timer <= t_poll:
+                self.now = t_timer
+                self._timer(t_timer)
             elif t_arrival <= t_poll:
                 build = self.next_arrival
                 self.next_arrival += 1
@@ -254,6 +275,8 @@ def pool_run(sim: PoolSim, *, end: float) -> PoolRun:
     slowdowns: list[float] = []
     waits: list[float] = []
     interrupted = 0
+    failed = 0
+    failed_seconds = 0.0
     ended = 0
     for i, start in enumerate(sim.arrivals):
         end_at = sim.ended_at[i]
@@ -261,6 +284,10 @@ def pool_run(sim: PoolSim, *, end: float) -> PoolRun:
             continue
         if sim.end_counts[i] == 1:
             ended += 1
+        if sim.failed[i]:
+            failed += 1
+            failed_seconds += durations[i]
+            continue
         wait = sim.dispatched[i] - start
         if wait > 0:
             waits.append(wait)
@@ -270,7 +297,7 @@ def pool_run(sim: PoolSim, *, end: float) -> PoolRun:
             slowdowns.append((end_at - start) / durations[i])
     slowdowns.sort()
     waits.sort()
-    build_seconds = math.fsum(durations)
+    build_seconds = math.fsum(durations) - failed_seconds
     lower = build_seconds / sim.capacity
     metrics = Outcome(
         **cost_and_delays(cost=cost, lower=lower, slowdowns=slowdowns, waits=waits),
@@ -282,6 +309,7 @@ def pool_run(sim: PoolSim, *, end: float) -> PoolRun:
         scale_events=sim.scale_events,
         peak_replicas=max(r for _, r in sim.scales),
         interrupted_builds=interrupted,
+        failed_builds=failed,
     )
     return PoolRun(
         name=sim.pool.name,

@@ -15,7 +15,7 @@ class Outcome:
     builder_seconds: float
     """Cost: every pod from creation to deletion, starting and draining included."""
     lower_bound_builder_seconds: float
-    """Σ unloaded build seconds ÷ capacity: no fleet can cost less."""
+    """Σ unloaded build seconds ÷ capacity (failed builds left out): no fleet can cost less."""
     efficiency: float | None
     """Lower bound ÷ cost (1 is perfect); None without cost."""
     slowdown_p50: float | None
@@ -23,7 +23,8 @@ class Outcome:
     slowdown_max: float | None
     """(end − submission) ÷ unloaded duration over completed builds; None without any."""
     waited_builds: int
-    """Builds that found no ready builder and waited for one."""
+    """Builds that found no ready builder (behind the router: no usable one) and waited for one,
+    then ran (a failed build's wait is not counted)."""
     wait_p95_seconds: float
     wait_max_seconds: float
     """Over the builds that waited (0 when none did)."""
@@ -42,6 +43,10 @@ class Outcome:
     peak_replicas: int
     interrupted_builds: int
     """Builds cut by a drain that reached its deadline."""
+    failed_builds: int
+    """Builds the router had no usable builder for within the client's deadline (or its queue's
+    time): rejected, never run, no cost. Always 0 under ``random`` and ``least-connections``,
+    where a build waits for a ready builder."""
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -62,6 +67,7 @@ class Outcome:
             "scale_events": self.scale_events,
             "peak_replicas": self.peak_replicas,
             "interrupted_builds": self.interrupted_builds,
+            "failed_builds": self.failed_builds,
         }
 
 
@@ -100,6 +106,7 @@ class PoolRun:
     waits: list[float]
     """Per build that waited, ascending."""
     build_seconds: float
+    """Σ unloaded build seconds of the builds that were not failed (the work asked of the builders)."""
     capacity: int
     scales: list[tuple[float, int]]
     """(time, new replicas) of each scale, with the initial replicas at time 0 first."""
@@ -107,7 +114,7 @@ class PoolRun:
     cut_work_seconds: float
     """Build-seconds interrupted builds never ran (so cost × capacity ≥ build seconds − this)."""
     ended: int
-    """Builds that ended exactly once (completed or interrupted): should be every build."""
+    """Builds that ended exactly once (completed, interrupted or failed): should be every build."""
     builds: int
 
 
@@ -127,22 +134,34 @@ class Run:
         }
 
 
+BASELINES = ("static_peak", "hpa_default", "hpa_default_random")
+"""``report.json``'s baselines, in table order (:mod:`autoscaler.simulator.runs` says what each is)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Report:
-    """A config's run next to the two baselines."""
+    """A config's run next to the three baselines, under the routing it names."""
 
+    routing: str
+    """The routing of the config's run and of the first two baselines (the third is random's)."""
     run: Run
     static_peak: Run
     hpa_default: Run
+    hpa_default_random: Run
+
+    def baseline(self, name: str) -> Run:
+        """One of :data:`BASELINES` by name."""
+        runs = {"static_peak": self.static_peak, "hpa_default": self.hpa_default,
+                "hpa_default_random": self.hpa_default_random}  # fmt: skip
+        return runs[name]
 
     def as_dict(self) -> dict[str, object]:
-        """The ``report.json`` layout: ``{"pools": {name: M}, "total": M, "baselines": {...: M}}``."""
+        """The ``report.json`` layout: ``{"routing": name, "pools": {name: M}, "total": M,
+        "baselines": {"static_peak": M, "hpa_default": M, "hpa_default_random": M}}``."""
         return {
+            "routing": self.routing,
             **self.run.as_dict(),
-            "baselines": {
-                "static_peak": self.static_peak.total.as_dict(),
-                "hpa_default": self.hpa_default.total.as_dict(),
-            },
+            "baselines": {name: self.baseline(name).total.as_dict() for name in BASELINES},
         }
 
 
@@ -176,6 +195,7 @@ def total(runs: Sequence[PoolRun]) -> Outcome:
         scale_events=sum(r.metrics.scale_events for r in runs),
         peak_replicas=peak_of_sum(runs),
         interrupted_builds=sum(r.metrics.interrupted_builds for r in runs),
+        failed_builds=sum(r.metrics.failed_builds for r in runs),
     )
 
 

@@ -9,14 +9,17 @@ from autoscaler.policy import PodView
 
 
 class Priority(enum.IntEnum):
-    """Event priorities at one instant: builds end, drain deadlines, pods become ready, builds
-    arrive, the controller observes (see :mod:`autoscaler.simulator.engine`)."""
+    """Event priorities at one instant: builds end, drain deadlines, drained pods go, pods become
+    ready, the routers' timers, builds arrive, the controller observes (see
+    :mod:`autoscaler.simulator.engine`)."""
 
     END = 0
     DEADLINE = 1
-    READY = 2
-    ARRIVAL = 3
-    POLL = 4
+    RELEASE = 2
+    READY = 3
+    TIMER = 4
+    ARRIVAL = 5
+    POLL = 6
 
 
 class PodState(enum.IntEnum):
@@ -27,7 +30,8 @@ class PodState(enum.IntEnum):
     SERVING = 1
     """Ready, taking new builds."""
     DRAINING = 2
-    """Removed by a scale-down: takes no new build, deleted when its last build ends."""
+    """Removed by a scale-down: takes no new build, deleted when its last build ends (behind the
+    router: not before one agent interval after the drain began, see :attr:`SimPod.release_at`)."""
     GONE = 3
 
 
@@ -51,6 +55,7 @@ class SimPod:
         "name",
         "overloaded",
         "ready_at",
+        "release_at",
         "state",
         "version",
         "view",
@@ -75,6 +80,8 @@ class SimPod:
         self.busy = 0.0
         """Seconds ready and serving with builds (kept up to ``last``)."""
         self.drain_started = math.inf
+        self.release_at = math.inf
+        """A draining pod without builds is deleted from this instant on (the sidecar's minimum drain)."""
         self.view: PodView | None = None
 
     def advance(self, now: float) -> None:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoscaler.simulator.outcome import Outcome, Report
+from autoscaler.simulator.outcome import BASELINES, Outcome, Report
 
 FIELDS: tuple[tuple[str, str], ...] = (
     ("builder_seconds", "builder-seconds (cost)"),
@@ -27,6 +27,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("scale_events", "scale events"),
     ("peak_replicas", "peak replicas"),
     ("interrupted_builds", "interrupted builds"),
+    ("failed_builds", "failed builds"),
 )
 """``report.json``'s metric keys, in table order, with their table labels."""
 
@@ -56,10 +57,10 @@ def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def table(report: Report) -> str:
-    """Each pool, the total, and the two baselines' totals, metric by metric."""
+    """Each pool, the total, and the three baselines' totals, metric by metric."""
     columns: list[tuple[str, Outcome]] = [(name, run.metrics) for name, run in report.run.pools.items()]
-    columns += [("total", report.run.total), ("static_peak", report.static_peak.total)]
-    columns.append(("hpa_default", report.hpa_default.total))
+    columns.append(("total", report.run.total))
+    columns += [(name, report.baseline(name).total) for name in BASELINES]
     rows = [[label, *(cell(key, m.as_dict()[key]) for _, m in columns)] for key, label in FIELDS]
     return _render(["metric", *(name for name, _ in columns)], rows)
 
@@ -109,16 +110,16 @@ def _differences(a: dict[str, float | int | None], b: dict[str, float | int | No
 
 def comparison_dict(a: Report, b: Report) -> dict[str, object]:
     """``comparison.json``: ``{"a": report A, "b": report B, "b_minus_a": D}``, where D has
-    report.json's layout (pools in both A and B, the total, the baselines) and each metric
-    is B's value minus A's (None where either is None)."""
+    report.json's metrics layout (pools in both A and B, the total, the baselines; the routing,
+    the same for both, is in A's and B's) and each metric is B's value minus A's (None where
+    either is None)."""
     pools = {
         name: _differences(pool_run.metrics.as_dict(), b.run.pools[name].metrics.as_dict())
         for name, pool_run in a.run.pools.items()
         if name in b.run.pools
     }
     baselines = {
-        "static_peak": _differences(a.static_peak.total.as_dict(), b.static_peak.total.as_dict()),
-        "hpa_default": _differences(a.hpa_default.total.as_dict(), b.hpa_default.total.as_dict()),
+        name: _differences(a.baseline(name).total.as_dict(), b.baseline(name).total.as_dict()) for name in BASELINES
     }
     return {
         "a": a.as_dict(),
@@ -137,5 +138,6 @@ def write_comparison_json(a: Report, b: Report, path: Path) -> None:
 
 
 def write_json(report: Report, path: Path) -> None:
-    """``report.json``: ``{"pools": {name: M}, "total": M, "baselines": {"static_peak": M, "hpa_default": M}}``."""
+    """``report.json``: ``{"routing": name, "pools": {name: M}, "total": M, "baselines": {"static_peak": M,
+    "hpa_default": M, "hpa_default_random": M}}``."""
     path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")

@@ -2,11 +2,14 @@
 
 Baselines: ``static_peak`` runs ceil(peak concurrent builds ÷ capacity) ready builders per
 pool for the whole span (the trace's own peak, not capped at ``maxReplicas``);
-``hpa_default`` is the same pool with HPA's default ``behavior``.
+``hpa_default`` is the same pool with HPA's default ``behavior``; both under the model's
+routing. ``hpa_default_random`` is ``hpa_default`` behind ``random`` routing whatever the
+model's: what an SRE runs without this project (an HPA and a plain Service).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -111,6 +114,11 @@ def run(
     return Run(pools=pools, total=total(list(pools.values())), span_seconds=end)
 
 
+def random_routing(model: FleetModel) -> FleetModel:
+    """``model`` behind a plain Service: ``hpa_default_random``'s routing."""
+    return dataclasses.replace(model, routing="random")
+
+
 def simulate(
     config: Config,
     trace: Trace,
@@ -119,31 +127,46 @@ def simulate(
     progress: Callable[[float], None] | None = None,
     parallel: bool = False,
 ) -> Report:
-    """The config's run (with the chart's series) and both baselines, on the same trace.
+    """The config's run (with the chart's series) and the three baselines, on the same trace.
 
-    ``parallel``: run the baselines in a child process meanwhile (the HPA baseline costs as
-    much as the config's run; a week of 100k builds then takes half the time on two cores).
+    ``parallel``: run the baselines in child processes meanwhile (each HPA baseline costs as
+    much as the config's run; a week of 100k builds then takes less than half the time on
+    more than one core). Under ``random`` routing ``hpa_default_random`` is ``hpa_default``:
+    run once.
     """
+    random_too = model.routing != "random"
     if parallel:
-        with ProcessPoolExecutor(max_workers=1) as executor:
-            baselines = executor.submit(_baselines, config, trace, model)
+        with ProcessPoolExecutor(max_workers=2 if random_too else 1) as executor:
+            rest = executor.submit(_baselines, config, trace, model)
+            other = (
+                executor.submit(run, config, trace, model=random_routing(model), variant="hpa_default")
+                if random_too
+                else None
+            )
             main = run(config, trace, model=model, record_series=True, progress=progress)
-            hpa, static = baselines.result()
-        return Report(run=main, static_peak=static, hpa_default=hpa)
+            hpa, static = rest.result()
+            hpa_random = other.result() if other is not None else hpa
+        return Report(routing=model.routing, run=main, static_peak=static, hpa_default=hpa,
+                      hpa_default_random=hpa_random)  # fmt: skip
+
+    parts = 4 if random_too else 3
 
     def part(index: int) -> Callable[[float], None] | None:
         if progress is None:
             return None
-        return lambda fraction: progress((index + fraction) / 3)
+        return lambda fraction: progress((index + fraction) / parts)
 
     main = run(config, trace, model=model, record_series=True, progress=part(0))
     hpa = run(config, trace, model=model, variant="hpa_default", progress=part(1))
     static = run(config, trace, model=model, variant="static_peak", progress=part(2))
-    return Report(run=main, static_peak=static, hpa_default=hpa)
+    hpa_random = (
+        run(config, trace, model=random_routing(model), variant="hpa_default", progress=part(3)) if random_too else hpa
+    )
+    return Report(routing=model.routing, run=main, static_peak=static, hpa_default=hpa, hpa_default_random=hpa_random)
 
 
 def _baselines(config: Config, trace: Trace, model: FleetModel) -> tuple[Run, Run]:
-    """(hpa_default, static_peak): what :func:`simulate` runs in its child process."""
+    """(hpa_default, static_peak): what :func:`simulate` runs in a child process."""
     return (
         run(config, trace, model=model, variant="hpa_default"),
         run(config, trace, model=model, variant="static_peak"),
@@ -151,9 +174,9 @@ def _baselines(config: Config, trace: Trace, model: FleetModel) -> tuple[Run, Ru
 
 
 def check_invariants(config: Config, result: Run) -> list[str]:
-    """What does not hold of ``result``: every build ended exactly once, cost ≥ the lower bound
-    (of the work that ran, when builds were interrupted) and the sum of its four parts,
-    replicas within [min, max]."""
+    """What does not hold of ``result``: every build ended exactly once (completed, interrupted
+    or failed), cost ≥ the lower bound (of the work that ran, when builds were interrupted;
+    failed builds are not in it) and the sum of its four parts, replicas within [min, max]."""
     problems: list[str] = []
     for pool in config.pools:
         pool_run = result.pools[pool.name]

@@ -33,7 +33,7 @@ def outcome(*, scale_events: int = 0, peak_replicas: int = 1) -> Outcome:
         slowdown_p95=1.5, slowdown_max=2.0, waited_builds=0, wait_p95_seconds=0.0, wait_max_seconds=0.0,
         overloaded_builder_seconds=0.0, starting_builder_seconds=0.0, idle_builder_seconds=1800.0,
         busy_builder_seconds=1800.0, draining_builder_seconds=0.0, scale_events=scale_events,
-        peak_replicas=peak_replicas, interrupted_builds=0,
+        peak_replicas=peak_replicas, interrupted_builds=0, failed_builds=0,
     )  # fmt: skip
 
 
@@ -198,7 +198,8 @@ def test_compare_writes_a_comparison_of_a_b_and_b_minus_a(tmp_path: Path) -> Non
     assert json.loads((tmp_path / "compare-report.json").read_text()) == comparison["b"]
     diff = comparison["b_minus_a"]
     assert {"pools", "total", "baselines"} == set(diff)
-    for scope in ("total", "pools/amd64", "pools/arm64", "baselines/static_peak", "baselines/hpa_default"):
+    for scope in ("total", "pools/amd64", "pools/arm64", "baselines/static_peak", "baselines/hpa_default",
+                  "baselines/hpa_default_random"):  # fmt: skip
         ma, mb, md = (_at(report, scope) for report in (comparison["a"], comparison["b"], diff))
         assert set(ma) == set(md)
         for key, delta in md.items():

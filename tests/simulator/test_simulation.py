@@ -15,7 +15,7 @@ from matplotlib.image import imread
 
 from autoscaler.cli import main
 from autoscaler.config import Config, load_config
-from autoscaler.simulator.model import FleetModel, SimulationError
+from autoscaler.simulator.model import ROUTINGS, FleetModel, SimulationError
 from autoscaler.simulator.outcome import Outcome
 from autoscaler.simulator.runs import check_invariants, run, simulate
 from autoscaler.simulator.trace import Build, Trace, parse
@@ -64,7 +64,7 @@ def test_hand_computed_cold_start_run_has_exact_cost_slowdown_waits_and_scales()
     run_ = run(
         pool_config(),
         trace_of((0, 100), (5, 50)),
-        model=FleetModel(startup_seconds=30, warm_start=False),
+        model=FleetModel(routing="random", startup_seconds=30, warm_start=False),
     )
     m = run_.pools["amd64"].metrics
     assert 180 == run_.span_seconds
@@ -88,6 +88,7 @@ def test_hand_computed_cold_start_run_has_exact_cost_slowdown_waits_and_scales()
             scale_events=2,
             peak_replicas=2,
             interrupted_builds=0,
+            failed_builds=0,
         )
         == m
     )
@@ -142,11 +143,11 @@ def test_admission_makes_a_build_wait_for_a_free_slot_instead_of_sharing() -> No
     config = pool_config(max_replicas=1, spare=1)
     trace = trace_of((0, 100), (10, 50))
     # Sharing: from 10 s both run at half speed; the second ends at 110, the first at 150.
-    shared = run(config, trace, model=FleetModel(startup_seconds=0)).pools["amd64"]
+    shared = run(config, trace, model=FleetModel(routing="random", startup_seconds=0)).pools["amd64"]
     assert [150 / 100, 100 / 50] == shared.slowdowns
     assert 100 == shared.metrics.overloaded_builder_seconds
     # Admission: the second waits for the first (90 s), then runs alone: ends at 150.
-    gated = run(config, trace, model=FleetModel(startup_seconds=0, admission=True)).pools["amd64"]
+    gated = run(config, trace, model=FleetModel(routing="random", startup_seconds=0, admission=True)).pools["amd64"]
     assert [1.0, 140 / 50] == gated.slowdowns
     assert [90.0] == gated.waits
     assert 0 == gated.metrics.overloaded_builder_seconds
@@ -156,7 +157,8 @@ def test_admission_without_a_spare_builder_does_not_grow_for_a_waiting_build() -
     # The controller sees a full builder only (the waiting build is invisible): room for 3
     # builders, yet the second build waits for the first to end.
     config = pool_config(max_replicas=3, target=1, spare=0)
-    gated = run(config, trace_of((0, 100), (10, 50)), model=FleetModel(admission=True)).pools["amd64"]
+    model = FleetModel(routing="random", admission=True)
+    gated = run(config, trace_of((0, 100), (10, 50)), model=model).pools["amd64"]
     assert [90.0] == gated.waits
     assert 1 == gated.metrics.peak_replicas
 
@@ -200,7 +202,10 @@ def scenarios(draw: st.DrawFn) -> tuple[Config, Trace, FleetModel]:
         )
     )
     model = FleetModel(
-        routing=draw(st.sampled_from(["random", "least-connections"])),
+        routing=draw(st.sampled_from(["random", "least-connections"] if admission else list(ROUTINGS))),
+        routers=draw(st.integers(1, 3)),
+        agent_interval_seconds=draw(st.sampled_from([0.5, 1.0, 5.0])),
+        router_queue_seconds=draw(st.sampled_from([0.0, 0.0, 10.0, 30.0])),
         startup_seconds=draw(st.sampled_from([0.0, 30.0, 60.0])),
         drain_timeout_seconds=draw(st.sampled_from([10.0, 600.0, 3300.0])),
         warm_start=draw(st.booleans()),
@@ -218,12 +223,19 @@ def test_random_traces_never_break_the_invariants(scenario: tuple[Config, Trace,
         result = run(config, trace, model=model, variant=variant)  # type: ignore[arg-type]
         assert [] == check_invariants(config, result) if variant != "static_peak" else True
         m = result.total
-        assert m.efficiency is not None
+        assert m.efficiency is not None or m.failed_builds == len(trace.builds)  # no cost only if nothing ran
         assert m.interrupted_builds <= len(trace.builds)
         assert m.slowdown_max is None or m.slowdown_max >= 1 - 1e-9
         assert 0 <= m.overloaded_builder_seconds <= m.builder_seconds + 1e-6
         if model.admission:
             assert 0 == m.overloaded_builder_seconds
+        if model.routing == "router":
+            # A build waits in its router at most the queue's time, and never past the client's deadline.
+            limit = min(model.router_queue_seconds, model.client_deadline_seconds)
+            assert m.wait_max_seconds <= limit + 1e-9
+        else:
+            assert 0 == m.failed_builds  # a build waits for a ready builder
+        assert m.interrupted_builds + m.failed_builds <= len(trace.builds)
         assert len(trace.builds) == result.pools["amd64"].ended
 
 
@@ -267,15 +279,19 @@ def test_simulate_writes_the_report_layout_and_prints_the_table(tmp_path: Path, 
         "builder_seconds", "lower_bound_builder_seconds", "efficiency", "slowdown_p50", "slowdown_p95",
         "slowdown_max", "waited_builds", "wait_p95_seconds", "wait_max_seconds", "overloaded_builder_seconds",
         "starting_builder_seconds", "idle_builder_seconds", "busy_builder_seconds", "draining_builder_seconds",
-        "scale_events", "peak_replicas", "interrupted_builds",
+        "scale_events", "peak_replicas", "interrupted_builds", "failed_builds",
     }  # fmt: skip
-    assert {"pools", "total", "baselines"} == set(report)
+    assert {"routing", "pools", "total", "baselines"} == set(report)
+    assert "router" == report["routing"]  # the default: what deploy/ ships
     assert {"amd64", "arm64"} == set(report["pools"])
-    assert {"static_peak", "hpa_default"} == set(report["baselines"])
+    assert {"static_peak", "hpa_default", "hpa_default_random"} == set(report["baselines"])
     for metrics in (*report["pools"].values(), report["total"], *report["baselines"].values()):
         assert keys == set(metrics)
+    assert out.startswith("72 builds over ")
+    assert "; routing router (2 routers, agent every 1 s, no queue), startup 60 s" in out.splitlines()[0]
     header = out.splitlines()[3]
-    assert ["metric", "amd64", "arm64", "total", "static_peak", "hpa_default"] == header.split()
+    assert ["metric", "amd64", "arm64", "total", "static_peak", "hpa_default", "hpa_default_random"] == header.split()
+    assert any(line.split()[:2] == ["failed", "builds"] for line in out.splitlines())
     assert f"chart: {tmp_path / 'chart.png'}" in out
 
 
