@@ -410,7 +410,7 @@ def test_shipped_config_has_both_arch_pools_with_builder_friendly_values() -> No
         assert pool.selector is not None
         assert pool.arch in pool.selector["app.kubernetes.io/instance"]
         assert 2 <= pool.target_builds_per_replica <= 4
-        assert 1 == pool.spare_replicas
+        assert 2 == pool.spare_replicas  # measured behind the router: docs/simulator.md, "The shipped config"
         assert pool.scale_down.stabilization_window_seconds < 300  # the drain makes scale-down safe
 
 
@@ -420,7 +420,7 @@ def test_check_config_prints_the_effective_shipped_config_and_exits_0(capsys: py
 
     assert (0, "") == (code, err)
     assert load_config(SHIPPED.read_text()) == load_config(out)
-    assert "stabilizationWindowSeconds: 120" in out
+    assert "spareReplicas: 2" in out
 
 
 def test_check_config_lists_every_error_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -333,12 +333,12 @@ async def test_a_real_prometheus_follows_the_builds_and_the_autoscaler_scales_fr
     await prom.until('buildkit_autoscaler_is_leader{job="buildkit-autoscaler"}', 1)
 
     # Builds start: the sidecar counts them, Prometheus scrapes it, the autoscaler
-    # reads Prometheus and scales: 4 builds, 2 per replica, +1 spare -> 3.
+    # reads Prometheus and scales: 4 builds, 2 per replica, +2 spares -> 4.
     refs = [daemon.start_build() for _ in range(4)]
     await prom.until(active, 4)
     await prom.until('buildkit_autoscaler_active_builds{job="buildkit-autoscaler", pool="amd64"}', 4)
-    await prom.until('buildkit_autoscaler_desired_replicas{job="buildkit-autoscaler", pool="amd64"}', 3)
-    assert 3 == k8s.get("deployments.apps", "buildkit", "buildkitd-amd64")["spec"]["replicas"], prom.tail()
+    await prom.until('buildkit_autoscaler_desired_replicas{job="buildkit-autoscaler", pool="amd64"}', 4)
+    assert 4 == k8s.get("deployments.apps", "buildkit", "buildkitd-amd64")["spec"]["replicas"], prom.tail()
     for ref in refs:
         daemon.complete_build(ref)
     await prom.until(active, 0)
