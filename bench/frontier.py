@@ -2,10 +2,12 @@
 
 The targets (for the shipped config on ``bursty-ci-day``): efficiency ≥ 0.7 *and* slowdown
 p95 ≤ 1.25 with 0 interrupted builds. This runs the simulator over a grid of the knobs that
-trade one against the other, under three balancers:
+trade one against the other, under four balancers:
 
-* ``random``: the issue's default fleet model (a layer-4 balancer spreads connections);
-* ``least-connections``: IPVS ``lc`` or any balancer that counts open connections;
+* ``random``: a plain Service or cloud layer-4 balancer spreads connections blindly;
+* ``least-connections``: an idealisation, one balancer that sees every builder's true count;
+* ``router``: the HAProxy router ``deploy/`` ships (:mod:`autoscaler.simulator.routing`, the
+  fleet model's default: 2 replicas, agents polled every second, no queue);
 * ``ideal admission``: random routing, but a full builder takes no new build at all and the
   build waits for a free slot (:attr:`FleetModel.admission`): what load-aware routing could
   give at best (with a spare builder: waiting builds are invisible to the controller), not
@@ -31,7 +33,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoscaler.config import Config, load_config
@@ -57,6 +59,7 @@ CEILINGS = {"amd64": 80, "arm64": 40}
 BALANCERS: dict[str, tuple[Routing, bool]] = {
     "random": ("random", False),
     "least-connections": ("least-connections", False),
+    "router": ("router", False),
     "ideal admission": ("random", True),
 }
 
@@ -73,6 +76,7 @@ class Point:
     wait_p95: float
     interrupted: int
     builder_hours: float
+    failed: int = 0
 
     @property
     def knobs(self) -> str:
@@ -81,7 +85,12 @@ class Point:
 
     @property
     def meets_slowdown(self) -> bool:
-        return self.slowdown_p95 <= SLOWDOWN_TARGET and self.interrupted == 0
+        return self.slowdown_p95 <= SLOWDOWN_TARGET and self.clean
+
+    @property
+    def clean(self) -> bool:
+        """No build interrupted, none failed."""
+        return self.interrupted == 0 and self.failed == 0
 
     @property
     def meets_both(self) -> bool:
@@ -135,6 +144,7 @@ def _one(args: tuple[Config, Trace, float, str, int, int, float, int]) -> Point 
             wait_p95=m.wait_p95_seconds,
             interrupted=m.interrupted_builds,
             builder_hours=m.builder_seconds / 3600,
+            failed=m.failed_builds,
         )
     except SimulationError:
         return None  # a run that never ends: counted out in the section's header
@@ -165,9 +175,15 @@ LIMITS = (1.1, 1.25, 1.5, 2.0, 3.0, float("inf"))
 
 
 def best_under(points: list[Point], limit: float) -> Point | None:
-    """The most efficient point with slowdown p95 ≤ ``limit`` and no interrupted build."""
-    fits = (p for p in points if p.slowdown_p95 <= limit and p.interrupted == 0)
+    """The most efficient point with slowdown p95 ≤ ``limit`` and no interrupted (or failed) build."""
+    fits = (p for p in points if p.slowdown_p95 <= limit and p.clean)
     return max(fits, key=lambda p: p.efficiency, default=None)
+
+
+def fastest_within(points: list[Point], builder_hours: float) -> Point | None:
+    """The lowest slowdown p95 at no more than ``builder_hours``, no interrupted or failed build."""
+    fits = (p for p in points if p.builder_hours <= builder_hours and p.clean)
+    return min(fits, key=lambda p: p.slowdown_p95, default=None)
 
 
 def section(
@@ -180,9 +196,12 @@ def section(
         f"{', '.join(map(str, TARGETS))}; spareReplicas {', '.join(map(str, SPARES))}; scale-down window "
         f"{', '.join(f'{w:.0f}' for w in WINDOWS)} s; scale-up the larger of +100 % and +"
         f"{' or +'.join(map(str, SCALE_UP_PODS))} pods per 15 s; maxReplicas raised to {CEILINGS}; the rest "
-        f"as shipped; pods ready {startup_seconds:g} s after creation. Three balancers: `random` (the fleet "
-        "model's default), `least-connections`, and `ideal admission` (random, but a full builder takes no new "
-        "build and the build waits for a free slot: load-aware routing at its best, not a feature).",
+        f"as shipped; pods ready {startup_seconds:g} s after creation. Four balancers: `random` (a plain "
+        "Service), `least-connections` (an idealisation: one balancer that sees every builder's true count), "
+        "`router` (the HAProxy router `deploy/` ships, the fleet model's default: 2 replicas, agents every 1 s, "
+        "no queue) and `ideal admission` (random, but a full builder takes no new build and the build waits "
+        'for a free slot: load-aware routing at its best, not a feature). "0 interrupted" below also means '
+        "0 failed (only the router fails builds).",
         "",
         "| balancer | configs meeting both targets | best efficiency with p95 ≤ 1.25, 0 interrupted | "
         "lowest p95 with efficiency ≥ 0.7, 0 interrupted |",
@@ -193,7 +212,7 @@ def section(
         both = sum(p.meets_both for p in mine)
         fast = max((p for p in mine if p.meets_slowdown), key=lambda p: p.efficiency, default=None)
         cheap = min(
-            (p for p in mine if p.efficiency >= EFFICIENCY_TARGET and p.interrupted == 0),
+            (p for p in mine if p.efficiency >= EFFICIENCY_TARGET and p.clean),
             key=lambda p: p.slowdown_p95,
             default=None,
         )
@@ -218,20 +237,37 @@ def section(
     return lines
 
 
-def measure(base: Config, *, jobs: int | None = None, startup_seconds: float = 60.0) -> list[str]:
-    """Run the sweep around ``base`` (the shipped config) and return its markdown section."""
+@dataclass(frozen=True)
+class Frontier:
+    """The sweep's Markdown section and the points behind it."""
+
+    lines: list[str]
+    points: list[Point] = field(default_factory=list)
+
+
+def measure(base: Config, *, jobs: int | None = None, startup_seconds: float = 60.0) -> Frontier:
+    """Run the sweep around ``base`` (the shipped config): its markdown section and its points."""
     trace = parse(traces.bundled()[TRACE].read_text(encoding="utf-8"))
     started = time.perf_counter()
     points = sweep(base, trace, jobs=jobs or os.cpu_count() or 1, startup_seconds=startup_seconds)
     seconds = time.perf_counter() - started
     runs = len(BALANCERS) * len(TARGETS) * len(SPARES) * len(WINDOWS) * len(SCALE_UP_PODS)
-    m = run(base, trace, model=FleetModel(startup_seconds=startup_seconds)).total
-    shipped = (
-        f"The shipped config in the same model (random): efficiency {_number(m.efficiency):.3f}, "
-        f"slowdown p95 {_number(m.slowdown_p95):.2f}, {m.interrupted_builds} interrupted."
+    shipped = "The shipped config in the same models: " + "; ".join(
+        _shipped(base, trace, balancer, startup_seconds) for balancer in BALANCERS if not BALANCERS[balancer][1]
     )
-    lines = section(points, shipped=shipped, seconds=seconds, runs=runs, startup_seconds=startup_seconds)
-    return [*lines, "", *startup_sensitivity(base, trace, jobs=jobs or os.cpu_count() or 1)]
+    lines = section(points, shipped=shipped + ".", seconds=seconds, runs=runs, startup_seconds=startup_seconds)
+    return Frontier(
+        lines=[*lines, "", *startup_sensitivity(base, trace, jobs=jobs or os.cpu_count() or 1)], points=points
+    )
+
+
+def _shipped(base: Config, trace: Trace, balancer: str, startup_seconds: float) -> str:
+    routing, admission = BALANCERS[balancer]
+    m = run(base, trace, model=FleetModel(routing=routing, admission=admission, startup_seconds=startup_seconds)).total
+    return (
+        f"{balancer}, efficiency {_number(m.efficiency):.3f}, slowdown p95 {_number(m.slowdown_p95):.2f}, "
+        f"{m.interrupted_builds} interrupted, {m.failed_builds} failed"
+    )
 
 
 def startup_sensitivity(base: Config, trace: Trace, *, jobs: int) -> list[str]:
@@ -269,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     base = load_config(SHIPPED.read_text(encoding="utf-8"))
-    lines = measure(base, jobs=args.jobs, startup_seconds=args.startup_seconds)
+    lines = measure(base, jobs=args.jobs, startup_seconds=args.startup_seconds).lines
     text = "\n".join([f"### {TITLE}", "", *lines]) + "\n"
     args.out.write_text(text, encoding="utf-8")
     sys.stdout.write(text)

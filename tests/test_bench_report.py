@@ -116,3 +116,20 @@ def test_report_entries_from_before_the_run_are_left_out() -> None:
 def test_benchmarks_md_is_exactly_what_the_committed_fragments_assemble_to() -> None:
     """A hand edit of BENCHMARKS.md (or a fragment committed without reassembling) fails here."""
     assert render(load(RESULTS)) == OUT.read_text(encoding="utf-8")
+
+
+def test_issue_11_router_targets_are_missed_when_not_measured_behind_the_router() -> None:
+    from autoscaler.config import load_config
+    from autoscaler.simulator.model import FleetModel
+    from autoscaler.simulator.runs import simulate
+    from autoscaler.simulator.trace import Build, Trace
+    from bench.simulate_bench import SHIPPED, router_targets
+
+    config = load_config(SHIPPED.read_text(encoding="utf-8"))
+    absent = router_targets(config, None, [])
+    assert ["slowdown p95", "builder-hours", "interrupted builds", "failed builds"] == [r.measure for r in absent.rows]
+    assert all(row.missed for row in absent.rows)
+    trace = Trace(builds=(Build(arch="amd64", start_seconds=0.0, duration_seconds=60.0),))
+    behind_random = router_targets(config, simulate(config, trace, model=FleetModel(routing="random")), [])
+    assert all(row.missed for row in behind_random.rows)
+    assert "not measured: routing random" == behind_random.rows[0].value
