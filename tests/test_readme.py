@@ -215,3 +215,43 @@ def test_the_architecture_map_covers_every_module_and_names_only_what_exists() -
             if folders and not found:
                 missing.append(f"{folders[0]} {name}")
     assert [] == missing
+
+
+def test_every_simulate_flag_has_a_row_with_its_default_and_range() -> None:
+    import argparse
+
+    from autoscaler.simulator import commands
+    from autoscaler.simulator.model import FleetModel
+
+    commands_parser = argparse.ArgumentParser()
+    commands.add_simulate(commands_parser.add_subparsers())
+    simulate = next(a for a in commands_parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "simulate"
+    ]
+    model = FleetModel()
+    from_model = {"routers": model.routers, "agent_interval": model.agent_interval_seconds,
+                  "client_deadline_seconds": model.client_deadline_seconds,
+                  "router_queue_seconds": model.router_queue_seconds}  # fmt: skip
+    ranges = {"_positive": "> 0", "_non_negative": "≥ 0", "_positive_int": "≥ 1"}
+    page = TEXTS[ROOT / "docs" / "simulator.md"].splitlines()
+    documented = set()
+    for action in simulate._actions:
+        flag = max(action.option_strings, key=len, default="")
+        if flag in ("", "--help"):
+            continue
+        rows = [line for line in page if re.match(rf"\| `{flag}( [A-Z0-9]+)?` \|", line)]
+        assert 1 == len(rows), f"docs/simulator.md needs one flag table row for {flag}, found {len(rows)}"
+        cells = [c.strip() for c in rows[0].strip("|").split("|")]
+        documented.add(flag)
+        default = from_model.get(action.dest, action.default)
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert f"`{default:g}`" == cells[1], flag
+        elif isinstance(default, str):
+            assert f"`{default}`" == cells[1], flag
+        type_name = getattr(action.type, "__name__", "")
+        if type_name in ranges:
+            assert ranges[type_name] == cells[3], flag
+        if action.choices:
+            assert ", ".join(f"`{c}`" for c in action.choices) == cells[3], flag
+    table = {m.group(1) for line in page if (m := re.match(r"\| `(--[\w-]+)[ `]", line))}
+    assert documented == table
