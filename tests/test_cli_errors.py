@@ -72,6 +72,7 @@ class Bad:
 
 S, A = "sidecar", "autoscaler"
 ONCE = ("run", "--once", "--config-map", CONFIG_MAP)
+SIMULATE = ("simulate", "--config", "{tmp}/absent.yaml", "--trace", "bursty-ci-day", "--out", "{tmp}/simulation")
 
 CASES = [
     # -- buildkit-sidecar export-trace ------------------------------------------------------
@@ -158,6 +159,14 @@ CASES = [
     Bad("check-config-file-not-found", A, ("check-config", "{tmp}/absent.yaml"), 1,
         ("{tmp}/absent.yaml: cannot read: no such file",)),
     Bad("autoscaler-unknown-command", A, ("scale",), 2, ("'scale'", "check-config")),
+    # -- buildkit-autoscaler simulate: the router's flags (refused before any file is read) --------
+    Bad("simulate-routers-zero", A, (*SIMULATE, "--routers", "0"), 2, ("argument --routers: must be ≥ 1, not 0",)),
+    Bad("simulate-agent-interval-zero", A, (*SIMULATE, "--agent-interval", "0"), 2,
+        ("argument --agent-interval: must be a number > 0, not 0",)),
+    Bad("simulate-queue-negative", A, (*SIMULATE, "--router-queue-seconds", "-1"), 2,
+        ("argument --router-queue-seconds: must be a number ≥ 0, not -1",)),
+    Bad("simulate-router-flag-with-random", A, (*SIMULATE, "--routing", "random", "--routers", "3"), 2,
+        ("--routers describes the router: only with --routing router, not with --routing random",)),
 ]  # fmt: skip
 
 
