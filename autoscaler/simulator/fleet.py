@@ -188,9 +188,7 @@ class Fleet:
         assert routers is not None  # noqa: S101 - behind the router only
         if not math.isnan(self.dispatched[build]) or self.failed[build]:
             return
-        for queue in routers.queues:
-            if build in queue:
-                queue.remove(build)
+        routers.queues[self.router_of[build]].remove(build)
         self._fail(build, now)
 
     def _timer(self, now: float) -> None:
