@@ -156,14 +156,18 @@ class Routers:
 
     def pick(self, router: int, pods: list[SimPod], now: float) -> tuple[SimPod, int] | None:
         """The builder ``router`` sends a new build to at ``now``, and the tier it chose it in;
-        None when no builder is usable in its view. ``pods``: the alive pods, oldest first."""
+        None when no builder is usable in its view. ``pods``: the alive pods, oldest first.
+
+        Each builder is ranked in the highest tier it is in only: an idle builder makes the idle
+        tier the one used, so its rank in the lower tiers never matters; likewise a free one."""
         interval = self.interval
         slots = self.slots
         base = 3 * router
         best: list[SimPod | None] = [None, None, None]
         keys = [math.inf, math.inf, math.inf]
+        agents = self.agents
         for pod in pods:
-            agent = self.agents.get(pod)
+            agent = agents.get(pod)
             if agent is None:
                 continue
             phase = agent.phases[router]
@@ -173,16 +177,19 @@ class Routers:
             seen_at = phase + k * interval
             if pod.drain_started < seen_at:
                 continue  # answered drain
-            builds = agent.counts[bisect_right(agent.times, seen_at) - 1]
-            conns = agent.conns
-            for tier, weight in enumerate(tier_weights(builds, slots)):
-                if weight is None:
-                    continue
-                own = conns[base + tier]
-                key = (own + 1) / weight if own else 0.0
-                if key < keys[tier]:
-                    keys[tier] = key
-                    best[tier] = pod
+            times = agent.times
+            builds = agent.counts[-1] if times[-1] <= seen_at else agent.counts[bisect_right(times, seen_at) - 1]
+            if builds == 0:
+                tier, weight = IDLE, FULL_WEIGHT
+            elif builds < slots:
+                tier, weight = FREE, -(-FULL_WEIGHT * (slots - builds) // slots)
+            else:
+                tier, weight = ANY, max(1, FULL_WEIGHT * slots // (slots + builds))
+            own = agent.conns[base + tier]
+            key = (own + 1) / weight if own else 0.0
+            if key < keys[tier]:
+                keys[tier] = key
+                best[tier] = pod
         for tier, chosen in enumerate(best):
             if chosen is not None:
                 return chosen, tier

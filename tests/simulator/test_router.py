@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from autoscaler.cli import build_parser
 from autoscaler.config import Config
@@ -408,3 +410,30 @@ def test_help_lists_the_router_flags_with_their_defaults(capsys: pytest.CaptureF
     for expected in ("--routers K", "(default 2)", "--agent-interval S", "(default 1)", "--client-deadline-seconds S",
                      "(default 20)", "--router-queue-seconds S", "(default 0)", "(default router)"):  # fmt: skip
         assert expected in text
+
+
+def reference_pick(routers: Routers, router: int, pods: list[SimPod]) -> tuple[SimPod, int] | None:
+    """The contract read literally: every builder in every tier it is in, first tier with one, leastconn."""
+    for tier in (IDLE, FREE, ANY):
+        ranked = []
+        for index, pod in enumerate(pods):
+            weight = tier_weights(len(pod.builds), routers.slots)[tier]
+            if weight is not None:
+                own = routers.agents[pod].conns[3 * router + tier]
+                ranked.append(((own + 1) / weight if own else 0.0, index, pod))
+        if ranked:
+            return min(ranked, key=lambda r: (r[0], r[1]))[2], tier
+    return None
+
+
+@given(
+    builds=st.lists(st.integers(0, 7), min_size=1, max_size=8),
+    conns=st.lists(st.integers(0, 4), min_size=3 * 8 * 2, max_size=3 * 8 * 2),
+    router_index=st.integers(0, 1),
+)
+def test_pick_ranks_as_the_contract_reads(builds: list[int], conns: list[int], router_index: int) -> None:
+    pods = pods_running(*builds)
+    routers = routers_over(pods, count=2)
+    for i, pod in enumerate(pods):
+        routers.agents[pod].conns = conns[6 * i : 6 * i + 6]
+    assert reference_pick(routers, router_index, pods) == routers.pick(router_index, pods, 5.0)
