@@ -11,7 +11,15 @@ duplicate, drop or hold events, and gate snapshots, to play the races a real
 daemon's goroutines produce.
 
 Used by the tests, the demo and the benchmarks; it serves on a unix socket or
-on TCP.
+on TCP, with TLS or mTLS as buildkitd does.
+
+It also serves ``Solve``, which the sidecar never calls: a test client runs a build
+over a real connection, as buildx does (through the router, or straight to the
+daemon). The build lasts :data:`BUILD_SECONDS` (a frontend attribute; 0 if absent)
+and ends COMPLETE, or is lost if the daemon is killed first. The daemon notes who
+asked (the client certificate's common name, under mTLS) and over which connection
+(the peer address), so a test can prove that TLS ran end to end through a proxy and
+which builds shared one connection.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -29,6 +37,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sidecar.protocol import control_pb2, control_pb2_grpc, ops_pb2, worker_pb2
 
 _refs = itertools.count(1)
+
+BUILD_SECONDS = "fake.build-seconds"
+"""The ``FrontendAttrs`` key of a ``Solve`` that says how long the fake build runs (seconds)."""
 
 
 def new_ref() -> str:
@@ -40,6 +51,19 @@ def _ts(unix: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(unix * 1e9))
     return ts
+
+
+@dataclass(frozen=True)
+class Solved:
+    """One ``Solve`` the daemon took: which build, for whom, over which connection."""
+
+    ref: str
+    client: str
+    """The client certificate's common name (mTLS), or "" without one."""
+    peer: str
+    """gRPC's peer string for the connection (``ipv4:127.0.0.1:40312``): one per connection."""
+    at: float
+    """When it arrived (``time.monotonic()``)."""
 
 
 @dataclass
@@ -108,6 +132,11 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
         self._bind: str = ""
         self.snapshots_served = 0
         self.list_workers_served = 0
+        self.solves: list[Solved] = []
+        """Every ``Solve`` this daemon took, in arrival order."""
+        self.on_solve: Callable[[Solved], None] | None = None
+        """Called with each ``Solve`` as it arrives (the test's view of where builds land)."""
+        self._tls: grpc.ServerCredentials | None = None
         self.list_workers_reply: control_pb2.ListWorkersResponse | None = None
         """If set, ListWorkers answers this (e.g. a recorded reply) instead of one worker with ``platforms``."""
 
@@ -124,6 +153,7 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
         port = server.add_secure_port(bind, tls) if tls is not None else server.add_insecure_port(bind)
         await server.start()
         self.server = server
+        self._tls = tls
         if bind.startswith("unix:"):
             self.address = "unix://" + bind.removeprefix("unix:").removeprefix("//")
             self._bind = bind
@@ -135,7 +165,7 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
 
     async def restart(self) -> None:
         """Start again on the same address (after :meth:`kill` or :meth:`graceful_exit`)."""
-        await self.start(self._bind)
+        await self.start(self._bind, tls=self._tls)
 
     async def kill(self) -> None:
         """Die at once: every stream breaks (UNAVAILABLE), the socket goes away.
@@ -228,6 +258,27 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
             sub.queue.put_nowait(_END)
 
     # -- servicer --------------------------------------------------------------
+
+    async def Solve(
+        self, request: control_pb2.SolveRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.SolveResponse:  # type: ignore[override]
+        try:
+            seconds = float(request.FrontendAttrs.get(BUILD_SECONDS, "0"))
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < 86_400:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{BUILD_SECONDS} must be seconds in [0, 86400)")
+        names = list(context.auth_context().get("x509_common_name", ())) or [b""]
+        ref = self.start_build(request.Ref or None)
+        solved = Solved(ref=ref, client=names[0].decode(), peer=context.peer(), at=time.monotonic())
+        self.solves.append(solved)
+        if self.on_solve is not None:
+            self.on_solve(solved)
+        await asyncio.sleep(seconds)
+        if ref not in self.active:  # killed under it (the RPC is already broken) or ended by the test
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"build {ref} lost")
+        self.complete_build(ref)
+        return control_pb2.SolveResponse()
 
     async def Info(
         self, request: control_pb2.InfoRequest, context: grpc.aio.ServicerContext

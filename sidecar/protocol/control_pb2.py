@@ -27,13 +27,17 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from sidecar.protocol import worker_pb2 as sidecar_dot_protocol_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esidecar/protocol/control.proto\x12\x10moby.buildkit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1dsidecar/protocol/worker.proto\"$\n\x12ListWorkersRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x03(\t\"K\n\x13ListWorkersResponse\x12\x34\n\x06record\x18\x01 \x03(\x0b\x32$.moby.buildkit.v1.types.WorkerRecord\"\r\n\x0bInfoRequest\"J\n\x0cInfoResponse\x12:\n\x0f\x62uildkitVersion\x18\x01 \x01(\x0b\x32!.moby.buildkit.v1.BuildkitVersion\"E\n\x0f\x42uildkitVersion\x12\x0f\n\x07package\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\"h\n\x13\x42uildHistoryRequest\x12\x12\n\nActiveOnly\x18\x01 \x01(\x08\x12\x0b\n\x03Ref\x18\x02 \x01(\t\x12\x11\n\tEarlyExit\x18\x03 \x01(\x08\x12\x0e\n\x06\x46ilter\x18\x04 \x03(\t\x12\r\n\x05Limit\x18\x05 \x01(\x05\"\x80\x01\n\x11\x42uildHistoryEvent\x12\x35\n\x04type\x18\x01 \x01(\x0e\x32\'.moby.buildkit.v1.BuildHistoryEventType\x12\x34\n\x06record\x18\x02 \x01(\x0b\x32$.moby.buildkit.v1.BuildHistoryRecord\"\xd5\x07\n\x12\x42uildHistoryRecord\x12\x0b\n\x03Ref\x18\x01 \x01(\t\x12\x10\n\x08\x46rontend\x18\x02 \x01(\t\x12N\n\rFrontendAttrs\x18\x03 \x03(\x0b\x32\x37.moby.buildkit.v1.BuildHistoryRecord.FrontendAttrsEntry\x12-\n\tExporters\x18\x04 \x03(\x0b\x32\x1a.moby.buildkit.v1.Exporter\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12-\n\tCreatedAt\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x43ompletedAt\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x04logs\x18\x08 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12T\n\x10\x45xporterResponse\x18\t \x03(\x0b\x32:.moby.buildkit.v1.BuildHistoryRecord.ExporterResponseEntry\x12\x31\n\x06Result\x18\n \x01(\x0b\x32!.moby.buildkit.v1.BuildResultInfo\x12\x42\n\x07Results\x18\x0b \x03(\x0b\x32\x31.moby.buildkit.v1.BuildHistoryRecord.ResultsEntry\x12\x12\n\nGeneration\x18\x0c \x01(\x05\x12+\n\x05trace\x18\r \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\x16\n\x0enumCachedSteps\x18\x0f \x01(\x05\x12\x15\n\rnumTotalSteps\x18\x10 \x01(\x05\x12\x19\n\x11numCompletedSteps\x18\x11 \x01(\x05\x12\x33\n\rexternalError\x18\x12 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12\x13\n\x0bnumWarnings\x18\x13 \x01(\x05\x1a\x34\n\x12\x46rontendAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15\x45xporterResponseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aQ\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.moby.buildkit.v1.BuildResultInfo:\x02\x38\x01\"|\n\x08\x45xporter\x12\x0c\n\x04Type\x18\x01 \x01(\t\x12\x34\n\x05\x41ttrs\x18\x02 \x03(\x0b\x32%.moby.buildkit.v1.Exporter.AttrsEntry\x1a,\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x42\n\x0b\x61nnotations\x18\x05 \x03(\x0b\x32-.moby.buildkit.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x0f\x42uildResultInfo\x12\x36\n\x10ResultDeprecated\x18\x01 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12\x32\n\x0c\x41ttestations\x18\x02 \x03(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12?\n\x07Results\x18\x03 \x03(\x0b\x32..moby.buildkit.v1.BuildResultInfo.ResultsEntry\x1aL\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor:\x02\x38\x01*?\n\x15\x42uildHistoryEventType\x12\x0b\n\x07STARTED\x10\x00\x12\x0c\n\x08\x43OMPLETE\x10\x01\x12\x0b\n\x07\x44\x45LETED\x10\x02\x32\x90\x02\n\x07\x43ontrol\x12Z\n\x0bListWorkers\x12$.moby.buildkit.v1.ListWorkersRequest\x1a%.moby.buildkit.v1.ListWorkersResponse\x12\x45\n\x04Info\x12\x1d.moby.buildkit.v1.InfoRequest\x1a\x1e.moby.buildkit.v1.InfoResponse\x12\x62\n\x12ListenBuildHistory\x12%.moby.buildkit.v1.BuildHistoryRequest\x1a#.moby.buildkit.v1.BuildHistoryEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esidecar/protocol/control.proto\x12\x10moby.buildkit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1dsidecar/protocol/worker.proto\"\xbe\x01\n\x0cSolveRequest\x12\x0b\n\x03Ref\x18\x01 \x01(\t\x12\x0f\n\x07Session\x18\x05 \x01(\t\x12\x10\n\x08\x46rontend\x18\x06 \x01(\t\x12H\n\rFrontendAttrs\x18\x07 \x03(\x0b\x32\x31.moby.buildkit.v1.SolveRequest.FrontendAttrsEntry\x1a\x34\n\x12\x46rontendAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\rSolveResponse\x12O\n\x10\x45xporterResponse\x18\x01 \x03(\x0b\x32\x35.moby.buildkit.v1.SolveResponse.ExporterResponseEntry\x1a\x37\n\x15\x45xporterResponseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x12ListWorkersRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x03(\t\"K\n\x13ListWorkersResponse\x12\x34\n\x06record\x18\x01 \x03(\x0b\x32$.moby.buildkit.v1.types.WorkerRecord\"\r\n\x0bInfoRequest\"J\n\x0cInfoResponse\x12:\n\x0f\x62uildkitVersion\x18\x01 \x01(\x0b\x32!.moby.buildkit.v1.BuildkitVersion\"E\n\x0f\x42uildkitVersion\x12\x0f\n\x07package\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\"h\n\x13\x42uildHistoryRequest\x12\x12\n\nActiveOnly\x18\x01 \x01(\x08\x12\x0b\n\x03Ref\x18\x02 \x01(\t\x12\x11\n\tEarlyExit\x18\x03 \x01(\x08\x12\x0e\n\x06\x46ilter\x18\x04 \x03(\t\x12\r\n\x05Limit\x18\x05 \x01(\x05\"\x80\x01\n\x11\x42uildHistoryEvent\x12\x35\n\x04type\x18\x01 \x01(\x0e\x32\'.moby.buildkit.v1.BuildHistoryEventType\x12\x34\n\x06record\x18\x02 \x01(\x0b\x32$.moby.buildkit.v1.BuildHistoryRecord\"\xd5\x07\n\x12\x42uildHistoryRecord\x12\x0b\n\x03Ref\x18\x01 \x01(\t\x12\x10\n\x08\x46rontend\x18\x02 \x01(\t\x12N\n\rFrontendAttrs\x18\x03 \x03(\x0b\x32\x37.moby.buildkit.v1.BuildHistoryRecord.FrontendAttrsEntry\x12-\n\tExporters\x18\x04 \x03(\x0b\x32\x1a.moby.buildkit.v1.Exporter\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12-\n\tCreatedAt\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x43ompletedAt\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x04logs\x18\x08 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12T\n\x10\x45xporterResponse\x18\t \x03(\x0b\x32:.moby.buildkit.v1.BuildHistoryRecord.ExporterResponseEntry\x12\x31\n\x06Result\x18\n \x01(\x0b\x32!.moby.buildkit.v1.BuildResultInfo\x12\x42\n\x07Results\x18\x0b \x03(\x0b\x32\x31.moby.buildkit.v1.BuildHistoryRecord.ResultsEntry\x12\x12\n\nGeneration\x18\x0c \x01(\x05\x12+\n\x05trace\x18\r \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\x16\n\x0enumCachedSteps\x18\x0f \x01(\x05\x12\x15\n\rnumTotalSteps\x18\x10 \x01(\x05\x12\x19\n\x11numCompletedSteps\x18\x11 \x01(\x05\x12\x33\n\rexternalError\x18\x12 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12\x13\n\x0bnumWarnings\x18\x13 \x01(\x05\x1a\x34\n\x12\x46rontendAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15\x45xporterResponseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aQ\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.moby.buildkit.v1.BuildResultInfo:\x02\x38\x01\"|\n\x08\x45xporter\x12\x0c\n\x04Type\x18\x01 \x01(\t\x12\x34\n\x05\x41ttrs\x18\x02 \x03(\x0b\x32%.moby.buildkit.v1.Exporter.AttrsEntry\x1a,\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x42\n\x0b\x61nnotations\x18\x05 \x03(\x0b\x32-.moby.buildkit.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x0f\x42uildResultInfo\x12\x36\n\x10ResultDeprecated\x18\x01 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12\x32\n\x0c\x41ttestations\x18\x02 \x03(\x0b\x32\x1c.moby.buildkit.v1.Descriptor\x12?\n\x07Results\x18\x03 \x03(\x0b\x32..moby.buildkit.v1.BuildResultInfo.ResultsEntry\x1aL\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.moby.buildkit.v1.Descriptor:\x02\x38\x01*?\n\x15\x42uildHistoryEventType\x12\x0b\n\x07STARTED\x10\x00\x12\x0c\n\x08\x43OMPLETE\x10\x01\x12\x0b\n\x07\x44\x45LETED\x10\x02\x32\xda\x02\n\x07\x43ontrol\x12Z\n\x0bListWorkers\x12$.moby.buildkit.v1.ListWorkersRequest\x1a%.moby.buildkit.v1.ListWorkersResponse\x12\x45\n\x04Info\x12\x1d.moby.buildkit.v1.InfoRequest\x1a\x1e.moby.buildkit.v1.InfoResponse\x12\x62\n\x12ListenBuildHistory\x12%.moby.buildkit.v1.BuildHistoryRequest\x1a#.moby.buildkit.v1.BuildHistoryEvent0\x01\x12H\n\x05Solve\x12\x1e.moby.buildkit.v1.SolveRequest\x1a\x1f.moby.buildkit.v1.SolveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sidecar.protocol.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SOLVEREQUEST_FRONTENDATTRSENTRY']._loaded_options = None
+  _globals['_SOLVEREQUEST_FRONTENDATTRSENTRY']._serialized_options = b'8\001'
+  _globals['_SOLVERESPONSE_EXPORTERRESPONSEENTRY']._loaded_options = None
+  _globals['_SOLVERESPONSE_EXPORTERRESPONSEENTRY']._serialized_options = b'8\001'
   _globals['_BUILDHISTORYRECORD_FRONTENDATTRSENTRY']._loaded_options = None
   _globals['_BUILDHISTORYRECORD_FRONTENDATTRSENTRY']._serialized_options = b'8\001'
   _globals['_BUILDHISTORYRECORD_EXPORTERRESPONSEENTRY']._loaded_options = None
@@ -46,42 +50,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_options = b'8\001'
   _globals['_BUILDRESULTINFO_RESULTSENTRY']._loaded_options = None
   _globals['_BUILDRESULTINFO_RESULTSENTRY']._serialized_options = b'8\001'
-  _globals['_BUILDHISTORYEVENTTYPE']._serialized_start=2221
-  _globals['_BUILDHISTORYEVENTTYPE']._serialized_end=2284
-  _globals['_LISTWORKERSREQUEST']._serialized_start=141
-  _globals['_LISTWORKERSREQUEST']._serialized_end=177
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=179
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=254
-  _globals['_INFOREQUEST']._serialized_start=256
-  _globals['_INFOREQUEST']._serialized_end=269
-  _globals['_INFORESPONSE']._serialized_start=271
-  _globals['_INFORESPONSE']._serialized_end=345
-  _globals['_BUILDKITVERSION']._serialized_start=347
-  _globals['_BUILDKITVERSION']._serialized_end=416
-  _globals['_BUILDHISTORYREQUEST']._serialized_start=418
-  _globals['_BUILDHISTORYREQUEST']._serialized_end=522
-  _globals['_BUILDHISTORYEVENT']._serialized_start=525
-  _globals['_BUILDHISTORYEVENT']._serialized_end=653
-  _globals['_BUILDHISTORYRECORD']._serialized_start=656
-  _globals['_BUILDHISTORYRECORD']._serialized_end=1637
-  _globals['_BUILDHISTORYRECORD_FRONTENDATTRSENTRY']._serialized_start=1445
-  _globals['_BUILDHISTORYRECORD_FRONTENDATTRSENTRY']._serialized_end=1497
-  _globals['_BUILDHISTORYRECORD_EXPORTERRESPONSEENTRY']._serialized_start=1499
-  _globals['_BUILDHISTORYRECORD_EXPORTERRESPONSEENTRY']._serialized_end=1554
-  _globals['_BUILDHISTORYRECORD_RESULTSENTRY']._serialized_start=1556
-  _globals['_BUILDHISTORYRECORD_RESULTSENTRY']._serialized_end=1637
-  _globals['_EXPORTER']._serialized_start=1639
-  _globals['_EXPORTER']._serialized_end=1763
-  _globals['_EXPORTER_ATTRSENTRY']._serialized_start=1719
-  _globals['_EXPORTER_ATTRSENTRY']._serialized_end=1763
-  _globals['_DESCRIPTOR']._serialized_start=1766
-  _globals['_DESCRIPTOR']._serialized_end=1948
-  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_start=1898
-  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_end=1948
-  _globals['_BUILDRESULTINFO']._serialized_start=1951
-  _globals['_BUILDRESULTINFO']._serialized_end=2219
-  _globals['_BUILDRESULTINFO_RESULTSENTRY']._serialized_start=2143
-  _globals['_BUILDRESULTINFO_RESULTSENTRY']._serialized_end=2219
-  _globals['_CONTROL']._serialized_start=2287
-  _globals['_CONTROL']._serialized_end=2559
+  _globals['_BUILDHISTORYEVENTTYPE']._serialized_start=2570
+  _globals['_BUILDHISTORYEVENTTYPE']._serialized_end=2633
+  _globals['_SOLVEREQUEST']._serialized_start=142
+  _globals['_SOLVEREQUEST']._serialized_end=332
+  _globals['_SOLVEREQUEST_FRONTENDATTRSENTRY']._serialized_start=280
+  _globals['_SOLVEREQUEST_FRONTENDATTRSENTRY']._serialized_end=332
+  _globals['_SOLVERESPONSE']._serialized_start=335
+  _globals['_SOLVERESPONSE']._serialized_end=488
+  _globals['_SOLVERESPONSE_EXPORTERRESPONSEENTRY']._serialized_start=433
+  _globals['_SOLVERESPONSE_EXPORTERRESPONSEENTRY']._serialized_end=488
+  _globals['_LISTWORKERSREQUEST']._serialized_start=490
+  _globals['_LISTWORKERSREQUEST']._serialized_end=526
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=528
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=603
+  _globals['_INFOREQUEST']._serialized_start=605
+  _globals['_INFOREQUEST']._serialized_end=618
+  _globals['_INFORESPONSE']._serialized_start=620
+  _globals['_INFORESPONSE']._serialized_end=694
+  _globals['_BUILDKITVERSION']._serialized_start=696
+  _globals['_BUILDKITVERSION']._serialized_end=765
+  _globals['_BUILDHISTORYREQUEST']._serialized_start=767
+  _globals['_BUILDHISTORYREQUEST']._serialized_end=871
+  _globals['_BUILDHISTORYEVENT']._serialized_start=874
+  _globals['_BUILDHISTORYEVENT']._serialized_end=1002
+  _globals['_BUILDHISTORYRECORD']._serialized_start=1005
+  _globals['_BUILDHISTORYRECORD']._serialized_end=1986
+  _globals['_BUILDHISTORYRECORD_FRONTENDATTRSENTRY']._serialized_start=280
+  _globals['_BUILDHISTORYRECORD_FRONTENDATTRSENTRY']._serialized_end=332
+  _globals['_BUILDHISTORYRECORD_EXPORTERRESPONSEENTRY']._serialized_start=433
+  _globals['_BUILDHISTORYRECORD_EXPORTERRESPONSEENTRY']._serialized_end=488
+  _globals['_BUILDHISTORYRECORD_RESULTSENTRY']._serialized_start=1905
+  _globals['_BUILDHISTORYRECORD_RESULTSENTRY']._serialized_end=1986
+  _globals['_EXPORTER']._serialized_start=1988
+  _globals['_EXPORTER']._serialized_end=2112
+  _globals['_EXPORTER_ATTRSENTRY']._serialized_start=2068
+  _globals['_EXPORTER_ATTRSENTRY']._serialized_end=2112
+  _globals['_DESCRIPTOR']._serialized_start=2115
+  _globals['_DESCRIPTOR']._serialized_end=2297
+  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_start=2247
+  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_end=2297
+  _globals['_BUILDRESULTINFO']._serialized_start=2300
+  _globals['_BUILDRESULTINFO']._serialized_end=2568
+  _globals['_BUILDRESULTINFO_RESULTSENTRY']._serialized_start=2492
+  _globals['_BUILDRESULTINFO_RESULTSENTRY']._serialized_end=2568
+  _globals['_CONTROL']._serialized_start=2636
+  _globals['_CONTROL']._serialized_end=2982
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class ControlStub:
                 request_serializer=sidecar_dot_protocol_dot_control__pb2.BuildHistoryRequest.SerializeToString,
                 response_deserializer=sidecar_dot_protocol_dot_control__pb2.BuildHistoryEvent.FromString,
                 _registered_method=True)
+        self.Solve = channel.unary_unary(
+                '/moby.buildkit.v1.Control/Solve',
+                request_serializer=sidecar_dot_protocol_dot_control__pb2.SolveRequest.SerializeToString,
+                response_deserializer=sidecar_dot_protocol_dot_control__pb2.SolveResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -72,6 +77,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Solve(self, request, context):
+        """The sidecar never calls Solve: the test daemon serves it so that a test's client can run a
+        build over a real (m)TLS connection, through the router, as buildx does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +102,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListenBuildHistory,
                     request_deserializer=sidecar_dot_protocol_dot_control__pb2.BuildHistoryRequest.FromString,
                     response_serializer=sidecar_dot_protocol_dot_control__pb2.BuildHistoryEvent.SerializeToString,
+            ),
+            'Solve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Solve,
+                    request_deserializer=sidecar_dot_protocol_dot_control__pb2.SolveRequest.FromString,
+                    response_serializer=sidecar_dot_protocol_dot_control__pb2.SolveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +190,33 @@ class Control:
             '/moby.buildkit.v1.Control/ListenBuildHistory',
             sidecar_dot_protocol_dot_control__pb2.BuildHistoryRequest.SerializeToString,
             sidecar_dot_protocol_dot_control__pb2.BuildHistoryEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Solve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moby.buildkit.v1.Control/Solve',
+            sidecar_dot_protocol_dot_control__pb2.SolveRequest.SerializeToString,
+            sidecar_dot_protocol_dot_control__pb2.SolveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,10 @@ class ControlStub:
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListWorkersRequest, _control_pb2.ListWorkersResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_control_pb2.InfoRequest, _control_pb2.InfoResponse]
     ListenBuildHistory: _grpc.UnaryStreamMultiCallable[_control_pb2.BuildHistoryRequest, _control_pb2.BuildHistoryEvent]
+    Solve: _grpc.UnaryUnaryMultiCallable[_control_pb2.SolveRequest, _control_pb2.SolveResponse]
+    """The sidecar never calls Solve: the test daemon serves it so that a test's client can run a
+    build over a real (m)TLS connection, through the router, as buildx does.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -49,6 +53,10 @@ class ControlAsyncStub(ControlStub):
     ListWorkers: _aio.UnaryUnaryMultiCallable[_control_pb2.ListWorkersRequest, _control_pb2.ListWorkersResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_control_pb2.InfoRequest, _control_pb2.InfoResponse]  # type: ignore[assignment]
     ListenBuildHistory: _aio.UnaryStreamMultiCallable[_control_pb2.BuildHistoryRequest, _control_pb2.BuildHistoryEvent]  # type: ignore[assignment]
+    Solve: _aio.UnaryUnaryMultiCallable[_control_pb2.SolveRequest, _control_pb2.SolveResponse]  # type: ignore[assignment]
+    """The sidecar never calls Solve: the test daemon serves it so that a test's client can run a
+    build over a real (m)TLS connection, through the router, as buildx does.
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -71,5 +79,15 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.BuildHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.BuildHistoryEvent], _abc.AsyncIterator[_control_pb2.BuildHistoryEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def Solve(
+        self,
+        request: _control_pb2.SolveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SolveResponse, _abc.Awaitable[_control_pb2.SolveResponse]]:
+        """The sidecar never calls Solve: the test daemon serves it so that a test's client can run a
+        build over a real (m)TLS connection, through the router, as buildx does.
+        """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

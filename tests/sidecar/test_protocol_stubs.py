@@ -39,9 +39,11 @@ def test_committed_stubs_are_fresh_against_proto_sources(tmp_path: Path) -> None
 def test_method_paths_are_buildkits() -> None:
     service = control_pb2.DESCRIPTOR.services_by_name["Control"]
     assert "moby.buildkit.v1.Control" == service.full_name
-    assert {"ListenBuildHistory", "Info", "ListWorkers"} == set(service.methods_by_name)
+    assert {"ListenBuildHistory", "Info", "ListWorkers", "Solve"} == set(service.methods_by_name)
     listen = service.methods_by_name["ListenBuildHistory"]
     assert (True, False) == (listen.server_streaming, listen.client_streaming)
+    solve = service.methods_by_name["Solve"]  # unary: it returns when the build has ended
+    assert (False, False) == (solve.server_streaming, solve.client_streaming)
 
 
 def test_field_numbers_match_buildkit() -> None:
@@ -53,6 +55,9 @@ def test_field_numbers_match_buildkit() -> None:
         "numCompletedSteps": 17, "externalError": 18, "numWarnings": 19,
     }  # fmt: skip
     assert expected == {f.name: f.number for f in record.fields}
+    solve = control_pb2.SolveRequest.DESCRIPTOR  # what the test clients send (fakes/builder_pods.py)
+    assert {"Ref": 1, "Session": 5, "Frontend": 6, "FrontendAttrs": 7} == {f.name: f.number for f in solve.fields}
+    assert {"ExporterResponse": 1} == {f.name: f.number for f in control_pb2.SolveResponse.DESCRIPTOR.fields}
     request = control_pb2.BuildHistoryRequest.DESCRIPTOR
     assert {"ActiveOnly": 1, "Ref": 2, "EarlyExit": 3, "Filter": 4, "Limit": 5} == {
         f.name: f.number for f in request.fields
