@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import random
 
-from tests.e2e.fleet import FOREVER, Figures, Load, Pod, PoolSpec, Timing, now, until
+import grpc.aio
+
+from fakes.buildkitd import new_ref
+from tests.e2e.fleet import FOREVER, Figures, Load, Pod, PoolSpec, Slot, Timing, now, until
+from tests.e2e.routing import Routing
 
 
 class Balancer:
@@ -23,7 +27,10 @@ class Balancer:
         load: Load,
         timing: Timing,
         figures: Figures,
+        routing: Routing | None = None,
     ) -> None:
+        self.routing = routing
+        """Set: builds go through the real router (per pool), which reads the DNS this keeps."""
         self.pods = pods
         self.load = load
         self.timing = timing
@@ -38,11 +45,24 @@ class Balancer:
         """A pod became ready: routed to from now on, unless it is already terminating."""
         if not pod.deleting:
             pod.lb_until = FOREVER
+        self._publish(pod.pool)
 
     def deregister(self, pod: Pod) -> None:
-        """A pod stopped being ready or began terminating: still routed to for the deregistration delay."""
+        """A pod stopped being ready or began terminating: still routed to for the deregistration delay
+        (behind the router: out of DNS at once; the router stops within an agent interval)."""
         if pod.lb_until == FOREVER:
             pod.lb_until = now() + self.timing.deregistration_seconds
+        self._publish(pod.pool)
+
+    def _publish(self, pool: PoolSpec) -> None:
+        if self.routing is not None:
+            self.routing.publish(pool, self.pods[pool.arch])
+
+    def landed(self, slot: Slot) -> None:
+        """A build reached ``slot``'s buildkitd through the router: count it if the pod was leaving."""
+        pod = slot.pod
+        if pod is None or not pod.ready or pod.deleting:
+            self.figures.builds_sent_during_deregistration += 1
 
     def in_rotation(self, pool: PoolSpec) -> list[Pod]:
         at = now()
@@ -68,6 +88,9 @@ class Balancer:
     async def build(self, pool: PoolSpec, *, delay: float, duration: float, rng: random.Random) -> None:
         """One client build: routed by the balancer, retried while no pod takes it."""
         await asyncio.sleep(delay)
+        if self.routing is not None:
+            await self.routed_build(pool, duration)
+            return
         waited = False
         while True:
             candidates = self.in_rotation(pool)
@@ -89,6 +112,31 @@ class Balancer:
         if not pod.ready or pod.deleting:
             self.figures.builds_sent_during_deregistration += 1
         await self.run_build(pod, duration)
+
+    async def routed_build(self, pool: PoolSpec, duration: float) -> None:
+        """One build through the pool's router, retried while it is refused before reaching any
+        buildkitd (no builder up: buildx would fail, this client waits); lost if it failed after."""
+        assert self.routing is not None
+        ref = new_ref()
+        waited = False
+        while True:
+            try:
+                await self.routing.client.build(self.routing.address(pool), duration, ref=ref)
+            except grpc.aio.AioRpcError as error:
+                slots = self.routing.slots[pool.arch]
+                if any(solved.ref == ref for slot in slots for solved in slot.daemon.solves):
+                    self.figures.builds_started += 1
+                    self.figures.builds_lost += 1
+                    self.figures.fail(f"build {ref} lost: {error.code().name} {error.details()}")
+                    return
+                waited = True
+                await asyncio.sleep(0.1)
+                continue
+            self.figures.builds_started += 1
+            self.figures.builds_completed += 1
+            if waited:
+                self.figures.builds_waited_for_a_ready_pod += 1
+            return
 
     def start_build_on(self, pod: Pod, duration: float) -> asyncio.Task[None]:
         """A build sent straight to ``pod`` (a client that bypasses the balancer), accounted like the others."""

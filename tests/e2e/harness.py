@@ -10,7 +10,9 @@ One test process plays the cluster, one role per module:
   :mod:`autoscaler.policy.replicaset`;
 * :mod:`~tests.e2e.kubelet`: pod start-up, readiness from the sidecar's ``/readyz``, and on
   deletion the preStop hook (the sidecar's ``/drain``), then the "SIGKILL";
-* :mod:`~tests.e2e.balancer`: the load generator and a load balancer with a deregistration delay;
+* :mod:`~tests.e2e.balancer`: the load generator and a load balancer with a deregistration delay,
+  or (``routed=True``) the clients of :mod:`~tests.e2e.routing`: the real HAProxy per pool,
+  running the shipped config, over the cluster DNS of the Ready pods;
 * :mod:`~tests.e2e.processes`: the real sidecars (one per pod slot, in front of a fake
   buildkitd) and two real ``buildkit-autoscaler run`` processes competing for the Lease;
 * :mod:`~tests.e2e.fleet`: what they share: pools, timings, load, pods, slots, figures.
@@ -55,6 +57,7 @@ from tests.e2e.fleet import (
 from tests.e2e.kubelet import Kubelet
 from tests.e2e.processes import Processes, autoscaler_config
 from tests.e2e.replicaset import ReplicaSet
+from tests.e2e.routing import Routing
 
 REPORT = Path(__file__).resolve().parents[2] / "out" / "e2e-report.json"
 """Every e2e test merges its figures here (``out/`` is not committed)."""
@@ -75,6 +78,7 @@ class Harness:
         timing: Timing = DEFAULT_TIMING,
         load: Load = DEFAULT_LOAD,
         autoscalers: int = 2,
+        routed: bool = False,
     ) -> None:
         self.workdir = workdir
         self.pools = pools
@@ -84,8 +88,17 @@ class Harness:
         self.cluster = Cluster()
         self.pods: dict[str, list[Pod]] = {p.arch: [] for p in pools}
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
-        self.processes = Processes(workdir=workdir, pools=pools, timing=timing, cluster=self.cluster, http=self.http)
-        self.balancer = Balancer(pods=self.pods, load=load, timing=timing, figures=self.figures)
+        self.routing = Routing(workdir=workdir, pools=pools) if routed else None
+        """``routed``: builds go through the real router per pool (tests/e2e/routing.py)."""
+        self.processes = Processes(
+            workdir=workdir,
+            pools=pools,
+            timing=timing,
+            cluster=self.cluster,
+            http=self.http,
+            certificates=self.routing.certificates if self.routing is not None else None,
+        )
+        self.balancer = Balancer(pods=self.pods, load=load, timing=timing, figures=self.figures, routing=self.routing)
         self.kubelet = Kubelet(
             cluster=self.cluster,
             balancer=self.balancer,
@@ -122,6 +135,13 @@ class Harness:
             await stack.enter_async_context(kmock.Server(handler))
             self.cluster.install(handler)
             await self.processes.start_sidecars()
+            if self.routing is not None:
+                stack.push_async_callback(self.routing.close)
+                self.routing.slots = self.processes.slots
+                for slots in self.processes.slots.values():
+                    for slot in slots:
+                        slot.daemon.on_solve = lambda _solved, slot=slot: self.balancer.landed(slot)
+                await self.routing.start()
             self.cluster.seed(self.pools, config_yaml=self.render_config())
             self._loops = [
                 asyncio.create_task(self.replicaset.run(), name="replicaset"),

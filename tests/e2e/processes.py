@@ -20,6 +20,9 @@ from typing import Any
 
 import aiohttp
 
+from fakes.builder_pods import AGENT_PORT, SERVER_NAME, Certificates
+from fakes.builder_pods import SLOTS as BUILD_SLOTS
+from fakes.router import CLIENT_PORT
 from tests.e2e.cluster import Cluster
 from tests.e2e.fleet import CONFIG_MAP, NS, STARTUP_SECONDS, PoolSpec, Slot, Timing, now
 
@@ -85,8 +88,11 @@ class Processes:
         timing: Timing,
         cluster: Cluster,
         http: aiohttp.ClientSession,
+        certificates: Certificates | None = None,
     ) -> None:
         self.workdir = workdir
+        self.certificates = certificates
+        """Set when the fleet runs behind the router: the daemons serve mTLS on buildkitd's port."""
         self.pools = pools
         self.timing = timing
         self.cluster = cluster
@@ -108,7 +114,10 @@ class Processes:
             slots = [Slot(pool, i, logs=self.workdir) for i in range(pool.slots)]
             self.slots[pool.arch] = slots
             for slot in slots:
-                await slot.daemon.start(f"{slot.ip}:0")
+                if self.certificates is not None:  # the router dials every builder on buildkitd's port
+                    await slot.daemon.start(f"{slot.ip}:{CLIENT_PORT}", tls=self.certificates.daemon_credentials())
+                else:
+                    await slot.daemon.start(f"{slot.ip}:0")
                 await slot.daemon.kill()  # the port is known now; the daemon runs during pod lives
                 public_port, admin_port = self.ports[pool.arch]
                 slot.public = f"http://{slot.ip}:{public_port}"
@@ -117,6 +126,21 @@ class Processes:
         for slots in self.slots.values():
             for slot in slots:
                 await self.until_http(slot.public + "/healthz", within=STARTUP_SECONDS, slot=slot)
+
+    def _routed_args(self, slot: Slot) -> list[str]:
+        """Behind the router: buildkitd over mTLS, and the agent on the pod's own address.
+        Otherwise no agent (every sidecar's default, 0.0.0.0:9092, would collide)."""
+        if self.certificates is None:
+            return ["--agent-listen", "none"]
+        files = self.certificates.files
+        return [
+            "--tls-ca-cert", str(files["ca.pem"]),
+            "--tls-cert", str(files["sidecar.pem"]),
+            "--tls-key", str(files["sidecar-key.pem"]),
+            "--tls-server-name", SERVER_NAME,
+            "--agent-listen", f"{slot.ip}:{AGENT_PORT}",
+            "--build-slots", str(BUILD_SLOTS),
+        ]  # fmt: skip
 
     def sidecar_args(self, slot: Slot) -> list[str]:
         t = self.timing
@@ -130,9 +154,7 @@ class Processes:
             f"{slot.ip}:{public_port}",
             "--admin-listen",
             f"{slot.ip}:{admin_port}",
-            # Off until the fleet runs behind the router: every sidecar's default (0.0.0.0:9092) would collide.
-            "--agent-listen",
-            "none",
+            *self._routed_args(slot),
             "--drain-quiet-seconds",
             str(t.drain_quiet_seconds),
             "--drain-min-seconds",

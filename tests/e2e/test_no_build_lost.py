@@ -1,7 +1,8 @@
 """The property the project exists for, end to end: scaling down never kills a running build.
 
-A fleet of two pools on loopback (see :mod:`tests.e2e.harness`), bursts of builds, the real
-autoscalers scaling it up and down for minutes. ``E2E_MIN_SCALE_DOWNS`` and
+A fleet of two pools on loopback (see :mod:`tests.e2e.harness`), bursts of builds through the
+real router of each pool (HAProxy running the shipped config, fed by the sidecars' agents), the
+real autoscalers scaling it up and down for minutes. ``E2E_MIN_SCALE_DOWNS`` and
 ``E2E_MAX_SECONDS`` lengthen the run (``make soak``).
 """
 
@@ -28,7 +29,7 @@ than this: busy scale-downs are the slowest figure to accumulate."""
 
 
 async def test_no_build_is_lost_while_the_fleet_scales_up_and_down(tmp_path: Path) -> None:
-    async with Harness(workdir=tmp_path) as fleet:
+    async with Harness(workdir=tmp_path, routed=True) as fleet:
         loop = asyncio.get_running_loop()
         began = loop.time()
         fleet.load_on.set()

@@ -1,0 +1,63 @@
+"""The fleet's routers: per pool, the real HAProxy running the shipped config, and the cluster DNS it resolves.
+
+What a routed fleet (``Harness(routed=True)``) puts between the clients and the builders, as
+``deploy/`` does: the headless Service's DNS lists the pool's Ready, not terminating pods (the
+endpoints controller's view), and HAProxy places each build by the sidecars' agents. Builds
+are mTLS ``Solve`` calls over their own connection (:class:`fakes.builder_pods.Client`).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from fakes.builder_pods import Certificates, Client
+from fakes.cluster_dns import ServiceDNS
+from fakes.router import Router, shipped_env
+from tests.e2e.fleet import Pod, PoolSpec, Slot
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Routing:
+    """One router and one DNS name per pool; the certificates every daemon, sidecar and client uses."""
+
+    def __init__(self, *, workdir: Path, pools: tuple[PoolSpec, ...]) -> None:
+        self.workdir = workdir
+        self.certificates = Certificates(workdir)
+        self.client = Client(self.certificates)
+        self.dns = {p.arch: ServiceDNS(f"buildkitd-backends-{p.arch}.buildkit.svc.cluster.local") for p in pools}
+        self.routers: dict[str, Router] = {}
+        self.slots: dict[str, list[Slot]] = {}
+        """Every pod slot of each pool (the process manager's), to tell a lost build from a refused one."""
+
+    async def start(self) -> None:
+        for arch, dns in self.dns.items():
+            dns.start()
+            router = Router(
+                self.workdir / f"router-{arch}",
+                env=shipped_env(f"buildkitd-backends-{arch}.buildkit.svc.cluster.local", arch=arch),
+                dns_port=dns.port,
+                listen=f"127.0.0.1:{_free_port()}",
+                metrics=f"127.0.0.1:{_free_port()}",
+            )
+            await router.start()
+            self.routers[arch] = router
+
+    def publish(self, pool: PoolSpec, pods: list[Pod]) -> None:
+        """The headless Service's records: the pool's Ready pods that are not terminating."""
+        self.dns[pool.arch].publish(*(p.slot.ip for p in pods if p.ready and not p.deleting and not p.gone))
+
+    def address(self, pool: PoolSpec) -> str:
+        return self.routers[pool.arch].listen
+
+    async def close(self) -> None:
+        for router in self.routers.values():
+            await router.stop()
+        for dns in self.dns.values():
+            dns.stop()
