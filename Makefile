@@ -29,7 +29,7 @@ pytest: $(STAMP) system-deps
 	$(BIN)/pytest
 
 # BENCHMARKS.md is assembled (python -m bench.assemble) from one fragment per part in bench/results,
-# each written by the run that measured it: bench (sidecar, autoscaler, simulator), e2e, soak.
+# each written by the run that measured it: bench (sidecar, autoscaler, simulator, router), e2e, soak.
 RESULTS := bench/results
 BENCHMARKS := BENCHMARKS.md
 E2E_REPORT := out/e2e-report.json
@@ -90,10 +90,11 @@ demo: $(STAMP)
 demo-sidecar: $(STAMP)
 	$(BIN)/python -m tests.demo_sidecar
 
-## bench: the benchmarks (sidecar, autoscaler, simulator; ~10 min); rewrites BENCHMARKS.md, fails if any target in it is missed
+## bench: the benchmarks (sidecar, autoscaler, simulator, router; ~15 min); rewrites BENCHMARKS.md, fails if any target in it is missed
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --results $(RESULTS); status=$$?; \
 	$(BIN)/python -m bench.simulate_bench --results $(RESULTS) || status=1; \
+	$(BIN)/python -m bench.router_bench --results $(RESULTS) || status=1; \
 	$(BIN)/python -m bench.assemble --results $(RESULTS) --out $(BENCHMARKS) || status=1; \
 	exit $$status
 

@@ -35,6 +35,7 @@ PARTS = (
     Part("sidecar", "make bench"),
     Part("autoscaler", "make bench"),
     Part("simulator", "make bench"),
+    Part("router", "make bench"),
     Part("e2e", "make e2e"),
     Part("soak", "make soak"),
 )

@@ -1,6 +1,6 @@
 """Builders and clients for the router's tests: fake buildkitds behind real sidecars, and buildx-like clients.
 
-Each builder has its own loopback address (``127.0.1.<10+i>``), as a pod has its own IP: the
+Each builder has its own loopback address (``127.0.<block>.<10+i>``), as a pod has its own IP: the
 fake buildkitd serves mTLS on buildkitd's port there, and a real ``buildkit-sidecar`` process
 follows it over mTLS and answers HAProxy's agent checks on the agent port. A client build is
 a ``Solve`` over its own TLS connection (as ``buildx build`` opens one per node), sent to the
@@ -72,9 +72,12 @@ class Certificates:
 class Builder:
     """One builder pod: a fake buildkitd on ``<ip>:1234`` and its sidecar process."""
 
-    def __init__(self, index: int, *, workdir: Path, certificates: Certificates, build_port: int) -> None:
+    def __init__(
+        self, index: int, *, workdir: Path, certificates: Certificates, build_port: int, block: int = 1
+    ) -> None:
         self.index = index
-        self.ip = f"127.0.1.{10 + index}"
+        self.ip = f"127.0.{block}.{10 + index}"
+        """``127.0.<block>.<10 + index>``: tests and benchmarks use different blocks, so they can run at once."""
         self.name = f"builder-{index}"
         self.build_port = build_port
         self.daemon = FakeBuildkitd(platforms=("linux/amd64",))
