@@ -21,6 +21,8 @@ from fakes.router import CLIENT_PORT, Router, shipped_env
 TIERS = ("tier_idle", "tier_free", "tier_any")
 AGENT_INTERVAL = 1.0
 """``agent-inter`` in the shipped config (checked by tests/deploy)."""
+START_SECONDS = 120.0
+"""Far above a start on a busy 2-core machine (~3 s for 4 builders)."""
 HEADLESS = "buildkitd-backends-amd64.buildkit.svc.cluster.local"
 """The name the test DNS answers (the shipped Deployment's value is replaced by it)."""
 
@@ -45,6 +47,8 @@ class Fleet:
         self.dns = ServiceDNS(HEADLESS)
         self.builders: list[Builder] = []
         self.router: Router | None = None
+        self.starting = ""
+        """What :meth:`start` is waiting for (named if it takes too long)."""
 
     @property
     def address(self) -> str:
@@ -53,11 +57,26 @@ class Fleet:
         return self.router.listen
 
     async def start(self, builders: int) -> None:
+        """The DNS, ``builders`` builders (each ready), the router, until it sees them all idle.
+
+        Bounded as a whole (:data:`START_SECONDS`): a start that hangs fails here, naming the
+        step, rather than holding the suite until CI's own limit."""
+        try:
+            async with asyncio.timeout(START_SECONDS):
+                await self._start(builders)
+        except TimeoutError:
+            stuck = self.starting
+            raise AssertionError(f"the fleet did not start within {START_SECONDS} s: stuck at {stuck}") from None
+
+    async def _start(self, builders: int) -> None:
+        self.starting = "the DNS server"
         self.dns.start()
         for i in range(builders):
             builder = Builder(i, workdir=self.workdir, certificates=self.certificates, build_port=CLIENT_PORT)
             self.builders.append(builder)
+            self.starting = f"{builder.name} (its buildkitd, then its sidecar until ready)"
             await builder.start(self.http)
+        self.starting = "the router"
         self.dns.publish(*(b.ip for b in self.builders))
         env = shipped_env(HEADLESS)
         self.router = Router(
