@@ -48,6 +48,9 @@ SURGE_BUILDS_PER_POD = 2
 CALLS_POLL_SECONDS = 0.05
 """How often the benchmark asks the fake for the PATCH; the latency is timed in the fake, not by this."""
 
+HOLD_SCALE_DOWN_SECONDS = 3600
+"""The reaction's scale-down window, longer than its run: see where the config is made."""
+
 START_CYCLES = 3
 """Cycles let run before the first trial: the first one annotates every busy pod."""
 
@@ -152,7 +155,14 @@ async def measure(
     *, directory: Path, pods: int, trials: int, poll_interval_seconds: float, rng: random.Random
 ) -> Reaction:
     async with fake_fleet(directory=directory, pods=pods) as fleet:
-        config = config_yaml(sidecar_port=fleet.sidecar_port, poll_interval_seconds=poll_interval_seconds)
+        # A scale-down window longer than the run: the shipped one is 0 s since the router, so after a
+        # surge the reset to steady loads would be scaled down at once, a legitimate PATCH that this
+        # benchmark would count as a stray one. Held, any PATCH outside a surge is a stray one.
+        config = config_yaml(
+            sidecar_port=fleet.sidecar_port,
+            poll_interval_seconds=poll_interval_seconds,
+            scale_down_window_seconds=HOLD_SCALE_DOWN_SECONDS,
+        )
         pool = pool_of(config)
         if pool.max_replicas <= pods:
             raise BenchError(f"maxReplicas {pool.max_replicas} leaves no room to scale {pods} pods up")

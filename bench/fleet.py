@@ -74,16 +74,21 @@ async def until(predicate: Callable[[], bool], *, within: float, what: str) -> N
 # --- configuration ----------------------------------------------------------------------------
 
 
-def config_yaml(*, sidecar_port: int, poll_interval_seconds: float) -> str:
+def config_yaml(
+    *, sidecar_port: int, poll_interval_seconds: float, scale_down_window_seconds: float | None = None
+) -> str:
     """The shipped ``deploy/config.yaml``, its amd64 pool only, resized for 1,000 fake pods.
 
     Overridden: ``pollIntervalSeconds``, ``maxReplicas`` (1,000, the schema's ceiling),
-    ``sidecarPort`` (the fake's); everything else (windows, policies, statusConcurrency 64,
-    statusTimeoutSeconds 2, annotations) is what ships.
+    ``sidecarPort`` (the fake's), and the scale-down window if ``scale_down_window_seconds``
+    is given; everything else (policies, statusConcurrency 64, statusTimeoutSeconds 2,
+    annotations) is what ships.
     """
     shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
     pool = next(p for p in shipped["pools"] if p["name"] == ARCH)
     pool = {**pool, "maxReplicas": MAX_REPLICAS, "sidecarPort": sidecar_port, "selector": dict(LABELS)}
+    if scale_down_window_seconds is not None:
+        pool["scaleDown"] = {**pool.get("scaleDown", {}), "stabilizationWindowSeconds": scale_down_window_seconds}
     document = {**shipped, "pollIntervalSeconds": poll_interval_seconds, "pools": [pool]}
     text: str = yaml.safe_dump(document, sort_keys=False)
     load_config(text)  # fail here, not in the controller, if the shipped config moved on
@@ -320,6 +325,6 @@ async def controller(fleet: FleetProcess) -> AsyncIterator[Controller]:
 
 def pods_cached(made: Controller) -> int | None:
     """Pods in the (single) pool's watch cache; None until its first LIST."""
-    for state in made.pools.values():
+    for state in made.pools.states.values():
         return len(state.pods.objects) if state.pods.synced.is_set() else None
     return None
