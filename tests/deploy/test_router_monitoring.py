@@ -146,6 +146,40 @@ def test_the_router_alerts_fire_when_promtool_says_they_should(composed: list[Ob
     assert 0 == done.returncode, done.stdout + done.stderr
 
 
+def test_a_router_replica_that_stops_answering_scrapes_is_alerted_after_5_minutes(
+    composed: list[Obj], tmp_path: Path
+) -> None:
+    rule = {r["alert"]: r for r in alert_rules(composed)}["BuildkitRouterDown"]
+    up = "up{" + ",".join(f'{k}="{v}"' for k, v in LABELS.items()) + "}"
+    labels = {k: v for k, v in LABELS.items() if k != "job"}
+    fired = [
+        {
+            "exp_labels": {**labels, **rule["labels"]},
+            "exp_annotations": {k: _render(v, labels) for k, v in rule["annotations"].items()},
+        }
+    ]
+    tests = {
+        "rule_files": [str(rules_file(composed, tmp_path))],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": up, "values": "1 0x10"}],  # scrapes fail from minute 1
+                "alert_rule_test": [
+                    {"eval_time": "0m", "alertname": "BuildkitRouterDown", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "BuildkitRouterDown", "exp_alerts": []},  # pending
+                    {"eval_time": "6m", "alertname": "BuildkitRouterDown", "exp_alerts": fired},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "router-down.yaml").write_text(yaml.safe_dump(tests, width=1000), encoding="utf-8")
+    done = subprocess.run(
+        [promtool(), "test", "rules", str(tmp_path / "router-down.yaml")], capture_output=True, text=True, check=False
+    )
+    assert 0 == done.returncode, done.stdout + done.stderr
+
+
 @pytest.fixture
 def router(composed: list[Obj], config: Config, tmp_path: Path) -> Iterator[str]:
     """Debian's HAProxy running the shipped config with the amd64 router's environment, its
