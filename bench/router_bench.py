@@ -39,6 +39,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.assemble import render_fragment
+from bench.harness import free_port
 from bench.report import Fragment, Machine, Measured, Row, Section, code_version, command_line, load_average, utc
 from bench.report import verdict as _verdict
 from bench.stats import Summary, ms, percentile
@@ -53,15 +54,6 @@ TARGET_DRAIN_SECONDS = AGENT_INTERVAL_SECONDS + 1.0
 HEADLESS = "buildkitd-backends-amd64.buildkit.svc.cluster.local"
 GIB = 1 << 30
 CHUNK = 1 << 20
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager

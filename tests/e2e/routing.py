@@ -8,20 +8,13 @@ are mTLS ``Solve`` calls over their own connection (:class:`fakes.builder_pods.C
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from fakes.builder_pods import Certificates, Client
 from fakes.cluster_dns import ServiceDNS
 from fakes.router import Router, shipped_env
 from tests.e2e.fleet import Pod, PoolSpec, Slot
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.e2e.processes import free_port
 
 
 class Routing:
@@ -43,8 +36,8 @@ class Routing:
                 self.workdir / f"router-{arch}",
                 env=shipped_env(f"buildkitd-backends-{arch}.buildkit.svc.cluster.local", arch=arch),
                 dns_port=dns.port,
-                listen=f"127.0.0.1:{_free_port()}",
-                metrics=f"127.0.0.1:{_free_port()}",
+                listen=f"127.0.0.1:{free_port()}",
+                metrics=f"127.0.0.1:{free_port()}",
             )
             await router.start()
             self.routers[arch] = router
