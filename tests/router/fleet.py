@@ -20,7 +20,7 @@ from fakes.router import CLIENT_PORT, Router, shipped_env
 
 TIERS = ("tier_idle", "tier_free", "tier_any")
 AGENT_INTERVAL = 1.0
-"""``agent-inter`` in the shipped config (checked by tests/deploy)."""
+"""``agent-inter``: the shipped router Deployment's ``ROUTER_AGENT_INTERVAL`` (checked by tests/deploy)."""
 START_SECONDS = 120.0
 """Far above a start on a busy 2-core machine (~3 s for 4 builders)."""
 HEADLESS = "buildkitd-backends-amd64.buildkit.svc.cluster.local"
