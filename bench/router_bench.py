@@ -19,6 +19,9 @@ of BENCHMARKS.md. Everything runs on loopback with Debian's ``haproxy`` and the 
   it back, next builder. Bounded by the agent interval plus HAProxy's check and the
   build's own connection set-up.
 
+* **Spread in the e2e fleet** (:mod:`bench.fleet_spread`): running builds per builder,
+  max − min, in the end-to-end fleet behind the router and behind a random pick, same load.
+
 The TCP servers of the first two need no agent: without one HAProxy keeps a server up at
 its configured weight (an unanswered agent is not a failure; ``check`` is what marks it down).
 """
@@ -38,6 +41,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench import fleet_spread
 from bench.assemble import render_fragment
 from bench.harness import free_port
 from bench.report import Fragment, Machine, Measured, Row, Section, code_version, command_line, load_average, utc
@@ -267,14 +271,17 @@ async def measure(*, quick: bool) -> tuple[Section, ...]:
             uploads=1 if quick else 3,
         )
         drain = await drains(workdir / "drain", count=6 if quick else 60)
-    return (path, drain)
+        spread = await fleet_spread.measure(workdir / "spread", seconds=30 if quick else 180)
+    return (path, drain, spread)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench.router_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="a smoke run (fewer connections, 64 MiB, 6 drains)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (fewer connections, 64 MiB, 6 drains, 30 s fleets)"
+    )
     parser.add_argument("--results", type=Path, default=None, help="write the router's fragment here")
     args = parser.parse_args(args_list)
     started = datetime.now(UTC)

@@ -13,8 +13,15 @@ import random
 import grpc.aio
 
 from fakes.buildkitd import new_ref
+from fakes.router import CLIENT_PORT
 from tests.e2e.fleet import FOREVER, Figures, Load, Pod, PoolSpec, Slot, Timing, now, until
 from tests.e2e.routing import Routing
+
+SPREAD_SAMPLE_SECONDS = 0.2
+"""How often :meth:`Balancer.sample_spread` reads every builder's running builds."""
+SETTLED_SECONDS = 3.0
+"""A builder in service this long is known to the router (its DNS is re-resolved every second, then
+a health check every 2 s): :attr:`Figures.placement_excess_settled` compares with those only."""
 
 
 class Balancer:
@@ -38,6 +45,8 @@ class Balancer:
         self.load_on = asyncio.Event()
         """Set: the generator sends bursts; cleared: it pauses (builds already sent run on)."""
         self.builds: set[asyncio.Task[None]] = set()
+        self.picks = random.Random(f"{load.seed}-picks")
+        """The random route's own draws: the load (the generators' draws) is the same whatever the route."""
 
     # -- the endpoints: which pods the balancer routes to -----------------------------------------
 
@@ -59,14 +68,56 @@ class Balancer:
             self.routing.publish(pool, self.pods[pool.arch])
 
     def landed(self, slot: Slot) -> None:
-        """A build reached ``slot``'s buildkitd through the router: count it if the pod was leaving."""
+        """A build reached ``slot``'s buildkitd over the wire: count it if the pod was leaving, otherwise
+        how many more builds its builder already ran than the least-loaded builder in service
+        (:attr:`Figures.placement_excess`)."""
         pod = slot.pod
         if pod is None or not pod.ready or pod.deleting:
             self.figures.builds_sent_during_deregistration += 1
+            return
+        at = now()
+        before = len(slot.daemon.active) - 1  # this build is already running there
+        others = [p for p in self.pods[pod.pool.arch] if p is not pod and p.running and p.ready and not p.deleting]
+        self.figures.placement_excess[
+            max(0, before - min((len(p.slot.daemon.active) for p in others), default=before))
+        ] += 1
+        settled = [
+            len(p.slot.daemon.active) for p in others if p.ready_at is not None and at - p.ready_at >= SETTLED_SECONDS
+        ]
+        self.figures.placement_excess_settled[max(0, before - min(settled, default=before))] += 1
 
     def in_rotation(self, pool: PoolSpec) -> list[Pod]:
         at = now()
         return [p for p in self.pods[pool.arch] if p.running and at < p.lb_until]
+
+    def random_address(self, pool: PoolSpec) -> str | None:
+        """The random route: a builder the load balancer still routes to, picked at random (None: none yet)."""
+        candidates = self.in_rotation(pool)
+        if not candidates:
+            return None
+        pod = self.picks.choice(candidates)
+        if pod.gone or not pod.slot.alive:
+            self.figures.sends_to_dead_pods += 1
+            self.figures.fail(f"{pod.name}: the balancer sent a build to a killed pod")
+            return None
+        return f"{pod.slot.ip}:{CLIENT_PORT}"
+
+    # -- where the load landed ------------------------------------------------------------------
+
+    async def sample_spread(self) -> None:
+        """Forever, while the load is on: per pool, the running builds of each builder in service
+        (Ready, not terminating), max − min, into :attr:`Figures.spread_samples`."""
+        while True:
+            await self.load_on.wait()
+            for pods in self.pods.values():
+                counts = [len(p.slot.daemon.active) for p in pods if p.running and p.ready and not p.deleting]
+                if len(counts) < 2:
+                    continue
+                spread = max(counts) - min(counts)
+                self.figures.spread_samples[spread] += 1
+                if max(counts) >= 2 and min(counts) == 0:
+                    self.figures.doubled_beside_idle_samples += 1
+            await asyncio.sleep(SPREAD_SAMPLE_SECONDS)
 
     # -- the clients ----------------------------------------------------------------------------
 
@@ -89,7 +140,7 @@ class Balancer:
         """One client build: routed by the balancer, retried while no pod takes it."""
         await asyncio.sleep(delay)
         if self.routing is not None:
-            await self.routed_build(pool, duration)
+            await self.wire_build(pool, duration)
             return
         waited = False
         while True:
@@ -113,15 +164,21 @@ class Balancer:
             self.figures.builds_sent_during_deregistration += 1
         await self.run_build(pod, duration)
 
-    async def routed_build(self, pool: PoolSpec, duration: float) -> None:
-        """One build through the pool's router, retried while it is refused before reaching any
-        buildkitd (no builder up: buildx would fail, this client waits); lost if it failed after."""
+    async def wire_build(self, pool: PoolSpec, duration: float) -> None:
+        """One mTLS build through the pool's router (or to a builder picked at random), retried while
+        it is refused before reaching any buildkitd (no builder up: buildx would fail, this client
+        waits); lost if it failed after."""
         assert self.routing is not None
         ref = new_ref()
         waited = False
         while True:
+            address = self.routing.address(pool) if self.routing.proxied else self.random_address(pool)
+            if address is None:
+                waited = True
+                await asyncio.sleep(0.1)
+                continue
             try:
-                await self.routing.client.build(self.routing.address(pool), duration, ref=ref)
+                await self.routing.client.build(address, duration, ref=ref)
             except grpc.aio.AioRpcError as error:
                 slots = self.routing.slots[pool.arch]
                 if any(solved.ref == ref for slot in slots for solved in slot.daemon.solves):

@@ -108,6 +108,11 @@ class Timing:
     grace_seconds: float = 17.0
     """terminationGracePeriodSeconds: above the drain deadline."""
     resync_interval_seconds: float = 1.0
+    agent_interval_seconds: float = 1.0
+    """The routers' ``ROUTER_AGENT_INTERVAL``, as shipped (1 s). Not compressed: against these builds of
+    seconds it keeps builds reaching draining builders (the window the drain covers) far more often
+    than in a real fleet, which is what these tests stress. Placement quality needs it compressed
+    with the builds: the spread benchmark (bench/fleet_spread.py) runs 0.1 s."""
 
 
 DEFAULT_TIMING = Timing()
@@ -159,6 +164,17 @@ class Figures:
     cycles: dict[str, int] = field(default_factory=dict)
     leader_changes: int = 0
     faults: dict[str, int] = field(default_factory=Counter)
+    spread_samples: Counter[int] = field(default_factory=Counter)
+    """Per pool and sample, while the load is on: max − min of the running builds over the builders in
+    service (Ready, not terminating; two or more) → how many samples had that spread."""
+    doubled_beside_idle_samples: int = 0
+    """Samples in which a builder ran two builds or more while another builder in service ran none:
+    the placement the router exists to prevent."""
+    placement_excess: Counter[int] = field(default_factory=Counter)
+    """Per build that reached a builder in service over the wire: how many more builds that builder
+    already ran than the least-loaded other builder in service (0: it went to a least-loaded one)."""
+    placement_excess_settled: Counter[int] = field(default_factory=Counter)
+    """The same, against the builders in service for :data:`~tests.e2e.balancer.SETTLED_SECONDS` or more."""
     failures: list[str] = field(default_factory=list)
 
     def fail(self, message: str) -> None:
@@ -169,6 +185,8 @@ class Figures:
         body = asdict(self)
         body["drains"] = dict(self.drains)
         body["faults"] = dict(self.faults)
+        for name in ("spread_samples", "placement_excess", "placement_excess_settled"):
+            body[name] = {str(k): v for k, v in sorted(getattr(self, name).items())}
         body["cycles_total"] = sum(self.cycles.values())
         return body
 

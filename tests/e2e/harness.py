@@ -11,8 +11,10 @@ One test process plays the cluster, one role per module:
 * :mod:`~tests.e2e.kubelet`: pod start-up, readiness from the sidecar's ``/readyz``, and on
   deletion the preStop hook (the sidecar's ``/drain``), then the "SIGKILL";
 * :mod:`~tests.e2e.balancer`: the load generator and a load balancer with a deregistration delay,
-  or (``routed=True``) the clients of :mod:`~tests.e2e.routing`: the real HAProxy per pool,
-  running the shipped config, over the cluster DNS of the Ready pods;
+  or (``route="router"``) the clients of :mod:`~tests.e2e.routing`: the real HAProxy per pool,
+  running the shipped config, over the cluster DNS of the Ready pods (``route="random"``: the
+  same clients, each build to a builder picked at random, the baseline the router replaces);
+  and where the load landed: the spread of running builds over the builders in service;
 * :mod:`~tests.e2e.processes`: the real sidecars (one per pod slot, in front of a fake
   buildkitd) and two real ``buildkit-autoscaler run`` processes competing for the Lease;
 * :mod:`~tests.e2e.fleet`: what they share: pools, timings, load, pods, slots, figures.
@@ -57,7 +59,7 @@ from tests.e2e.fleet import (
 from tests.e2e.kubelet import Kubelet
 from tests.e2e.processes import Processes, autoscaler_config
 from tests.e2e.replicaset import ReplicaSet
-from tests.e2e.routing import Routing
+from tests.e2e.routing import Route, Routing
 
 REPORT = Path(__file__).resolve().parents[2] / "out" / "e2e-report.json"
 """Every e2e test merges its figures here (``out/`` is not committed)."""
@@ -78,9 +80,10 @@ class Harness:
         timing: Timing = DEFAULT_TIMING,
         load: Load = DEFAULT_LOAD,
         autoscalers: int = 2,
-        routed: bool = False,
+        route: Route = "balancer",
     ) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)  # the certificates are written at once
         self.pools = pools
         self.timing = timing
         self.autoscaler_count = autoscalers
@@ -88,8 +91,12 @@ class Harness:
         self.cluster = Cluster()
         self.pods: dict[str, list[Pod]] = {p.arch: [] for p in pools}
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
-        self.routing = Routing(workdir=workdir, pools=pools) if routed else None
-        """``routed``: builds go through the real router per pool (tests/e2e/routing.py)."""
+        self.routing = (
+            Routing(workdir=workdir, pools=pools, timing=timing, proxied=route == "router")
+            if route != "balancer"
+            else None
+        )
+        """Set unless ``route`` is the test's own balancer: builds are mTLS calls (tests/e2e/routing.py)."""
         self.processes = Processes(
             workdir=workdir,
             pools=pools,
@@ -125,7 +132,6 @@ class Harness:
     # -- start and stop ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Harness:
-        self.workdir.mkdir(parents=True, exist_ok=True)
         stack = contextlib.AsyncExitStack()
         self._exit = stack
         await stack.__aenter__()
@@ -147,6 +153,7 @@ class Harness:
                 asyncio.create_task(self.replicaset.run(), name="replicaset"),
                 asyncio.create_task(self.kubelet.probe(), name="kubelet-probes"),
                 *(asyncio.create_task(self.balancer.generate(pool), name=f"load-{pool.arch}") for pool in self.pools),
+                asyncio.create_task(self.balancer.sample_spread(), name="spread"),
             ]
             for identity in IDENTITIES[: self.autoscaler_count]:
                 await self.start_autoscaler(identity)

@@ -29,7 +29,7 @@ than this: busy scale-downs are the slowest figure to accumulate."""
 
 
 async def test_no_build_is_lost_while_the_fleet_scales_up_and_down(tmp_path: Path) -> None:
-    async with Harness(workdir=tmp_path, routed=True) as fleet:
+    async with Harness(workdir=tmp_path, route="router") as fleet:
         loop = asyncio.get_running_loop()
         began = loop.time()
         fleet.load_on.set()
