@@ -131,8 +131,9 @@ async def resources_stage(settings: BenchSettings, daemon: harness.InstrumentedB
 
 async def burst_stage(settings: BenchSettings, daemon: harness.InstrumentedBuildkitd, directory: Path) -> Section:
     progress(f"burst: {settings.burst_builds:,} builds at once")
+    baseline = await burst.floor(daemon=daemon, builds=settings.burst_builds)
     async with harness.sidecar(daemon=daemon, directory=directory) as sidecar:
-        result = await burst.measure(daemon=daemon, sidecar=sidecar, builds=settings.burst_builds)
+        result = await burst.measure(daemon=daemon, sidecar=sidecar, builds=settings.burst_builds, baseline=baseline)
     return burst.section(result)
 
 
