@@ -128,7 +128,7 @@ async def measure(
 def section(result: Burst) -> Section:
     rate = result.events / result.total_seconds
     sent = "n/a" if result.fake_sent_seconds is None else f"{result.fake_sent_seconds:.2f} s"
-    rows = (
+    rows: tuple[Row, ...] = (
         Row(
             f"{result.builds:,} builds: first event published → all counted, none active",
             f"{result.total_seconds:.2f} s",
