@@ -21,8 +21,8 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from bench.assemble import ROOT
 from bench.harness import BenchError, InstrumentedBuildkitd, SidecarProcess, at_least, loop_time
 from bench.report import Row, Section, verdict
 
@@ -56,7 +56,6 @@ class Floor:
     cpu_seconds: float
 
 
-ROOT = Path(__file__).resolve().parents[1]
 FLOOR_TIMEOUT_SECONDS = 300.0
 
 

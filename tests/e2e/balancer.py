@@ -77,7 +77,7 @@ class Balancer:
             return
         at = now()
         before = len(slot.daemon.active) - 1  # this build is already running there
-        others = [p for p in self.pods[pod.pool.arch] if p is not pod and p.running and p.ready and not p.deleting]
+        others = [p for p in self.pods[pod.pool.arch] if p is not pod and p.in_service]
         self.figures.placement_excess[
             max(0, before - min((len(p.slot.daemon.active) for p in others), default=before))
         ] += 1
@@ -110,7 +110,7 @@ class Balancer:
         while True:
             await self.load_on.wait()
             for pods in self.pods.values():
-                counts = [len(p.slot.daemon.active) for p in pods if p.running and p.ready and not p.deleting]
+                counts = [len(p.slot.daemon.active) for p in pods if p.in_service]
                 if len(counts) < 2:
                     continue
                 spread = max(counts) - min(counts)

@@ -209,6 +209,11 @@ class Pod:
     """The load balancer routes to the pod until then (FOREVER while ready)."""
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def in_service(self) -> bool:
+        """Running, Ready and not terminating: a builder the Service lists (where the load is measured)."""
+        return self.running and self.ready and not self.deleting
+
 
 class Slot:
     """One pod address: a fake buildkitd and a sidecar process, reused across pod lives."""
