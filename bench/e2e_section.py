@@ -91,7 +91,10 @@ FLEET = (
     "answered); two real `buildkit-autoscaler run` processes competing for the Lease; per pool the real HAProxy "
     "running the shipped config (agent interval 1 s, as shipped) over a DNS server listing the Ready pods, clients "
     "sending mTLS builds through it (the fault tests: a least-connections load balancer that keeps sending to "
-    "a pod for 1 s after it stops being ready). Compressed time: poll 0.3 s, "
+    "a pod for 1 s after it stops being ready). The load: seeded bursts of builds, plus in the scaling run "
+    "deliberate long tails (when one build on each builder in service would leave the pool more builders than "
+    "it needs, a 6–9 s build goes straight onto each and the bursts pause 5 s: the scale-down that follows "
+    "takes a builder running a build). Compressed time: poll 0.3 s, "
     "scale-down window 1.2 s, drain-min 1.8 s, builds 0.3–9 s. The harness's whole-run checks (broken "
     "guarantees): no build lost, no pod killed with a running build or before its drain answered, no send to a "
     "killed pod, replicas within [min, max], every write from the Lease holder of the moment."
@@ -173,6 +176,11 @@ def fleet_rows(entry: Mapping[str, Any], minimums: Minimums) -> list[Row]:
             "scale-downs whose victims had running builds",
             _count(busy) + ("" if busy_victims is None else f" ({busy_victims:,} busy victims)"),
             *_at_least(busy, minimums.busy_scale_downs),
+        ),
+        *(
+            [Row("deliberate tails (a long build onto every builder)", _count(entry["tails"]))]
+            if "tails" in entry
+            else []
         ),
         Row("pods started / deleted", NOT_MEASURED if pods is None else f"{pods[0]:,} / {pods[1]:,}"),
         Row(

@@ -103,6 +103,13 @@ def test_the_soak_minimum_is_missed_when_the_run_fell_short() -> None:
     assert rows["scale-downs"].missed
 
 
+def test_the_tails_row_shows_only_for_a_run_that_counted_them() -> None:
+    tails = "deliberate tails (a long build onto every builder)"
+    counted = {row.measure: row for row in fleet_rows({"tails": 17}, minimums=Minimums())}
+    assert "17" == counted[tails].value
+    assert tails not in {row.measure for row in fleet_rows({}, minimums=Minimums())}
+
+
 def test_report_entries_from_before_the_run_are_left_out() -> None:
     report = {
         FLEET_RUN: {"at": "2026-01-01T10:00:00+00:00"},

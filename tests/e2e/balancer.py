@@ -8,6 +8,7 @@ Every build is accounted: completed, or lost because its buildkitd was killed un
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import grpc.aio
@@ -45,6 +46,8 @@ class Balancer:
         self.load_on = asyncio.Event()
         """Set: the generator sends bursts; cleared: it pauses (builds already sent run on)."""
         self.builds: set[asyncio.Task[None]] = set()
+        self.quiet_until: dict[str, float] = dict.fromkeys(pods, 0.0)
+        """Per pool: no burst before this (a tail's falling load, :meth:`tails`)."""
         self.picks = random.Random(f"{load.seed}-picks")
         """The random route's own draws: the load (the generators' draws) is the same whatever the route."""
 
@@ -128,13 +131,49 @@ class Balancer:
         while True:
             await self.load_on.wait()
             await asyncio.sleep(rng.uniform(*load.burst_gap_seconds))
-            if not self.load_on.is_set():
+            if not self.load_on.is_set() or now() < self.quiet_until[pool.arch]:
                 continue
             for _ in range(rng.randint(*load.burst_size)):
                 delay = rng.uniform(0, load.spread_seconds)
                 long = rng.random() < load.long_build_share
                 duration = rng.uniform(*(load.long_build_seconds if long else load.build_seconds))
                 self._track(asyncio.create_task(self.build(pool, delay=delay, duration=duration, rng=rng)))
+
+    async def tails(self, pool: PoolSpec) -> None:
+        """Forever, while the load is on and :attr:`Load.tail_min_builders` is set: the falling load's
+        long tail, every :attr:`Load.tail_gap_seconds` at most.
+
+        A tail waits until the pool runs at least that many builders in service, none starting; it would
+        not need more with one more build on each (the autoscaler's count: every running build, a
+        terminating pod's too), so no scale-up adds idle builders; and with one build on each alone it
+        would need fewer (with a spare, three builders with a build each still need three). Then one
+        long build goes straight onto
+        each builder (a client that bypasses the router, as another router replica's or a direct
+        connection does) and the bursts pause for :attr:`Load.tail_quiet_seconds`. As the bursts' builds
+        end, the pool needs fewer builders while every one it has still runs a tail build: the
+        scale-down's victim is a busy one.
+        """
+        load = self.load
+        if load.tail_min_builders is None:
+            return
+        rng = random.Random(f"{load.seed}-{pool.arch}-tails")
+        while True:
+            await self.load_on.wait()
+            pods = self.pods[pool.arch]
+            in_service = [p for p in pods if p.in_service]
+            running = sum(len(p.slot.daemon.active) for p in pods if not p.gone)
+            n = len(in_service)
+            needed_now = math.ceil((running + n) / pool.target_builds_per_replica) + pool.spare_replicas
+            needed_after = math.ceil(n / pool.target_builds_per_replica) + pool.spare_replicas
+            starting = any(not p.in_service and not p.deleting for p in pods)
+            if n < load.tail_min_builders or starting or needed_now > n or needed_after >= n:
+                await asyncio.sleep(0.1)
+                continue
+            self.quiet_until[pool.arch] = now() + load.tail_quiet_seconds
+            for pod in in_service:
+                self.start_build_on(pod, rng.uniform(*load.tail_build_seconds))
+            self.figures.tails += 1
+            await asyncio.sleep(load.tail_gap_seconds)
 
     async def build(self, pool: PoolSpec, *, delay: float, duration: float, rng: random.Random) -> None:
         """One client build: routed by the balancer, retried while no pod takes it."""

@@ -153,6 +153,7 @@ class Harness:
                 asyncio.create_task(self.replicaset.run(), name="replicaset"),
                 asyncio.create_task(self.kubelet.probe(), name="kubelet-probes"),
                 *(asyncio.create_task(self.balancer.generate(pool), name=f"load-{pool.arch}") for pool in self.pools),
+                *(asyncio.create_task(self.balancer.tails(pool), name=f"tails-{pool.arch}") for pool in self.pools),
                 asyncio.create_task(self.balancer.sample_spread(), name="spread"),
             ]
             for identity in IDENTITIES[: self.autoscaler_count]:

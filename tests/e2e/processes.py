@@ -61,7 +61,7 @@ def autoscaler_config(
                 "sidecarPort": ports[pool.arch][0],
                 "minReplicas": pool.min_replicas,
                 "maxReplicas": pool.max_replicas,
-                "targetBuildsPerReplica": 2,
+                "targetBuildsPerReplica": pool.target_builds_per_replica,
                 "spareReplicas": pool.spare_replicas,
                 "scaleUp": {
                     "stabilizationWindowSeconds": 0,
