@@ -32,7 +32,7 @@ from autoscaler.controller.running import Options, default_identity, run, split_
 from autoscaler.simulator import commands as simulator_commands
 from common.addresses import host_port
 from common.logs import configure
-from common.version import package_version
+from common.version import VersionAction
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 success; 1 an invalid config or trace (check-config, simulate, trace); "
         "2 a usage error or a start-up failure of run (see docs/autoscaler.md).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     check = commands.add_parser(
         "check-config",

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from common import logs
 from common.addresses import host_port
 from common.supervision import root_task
-from common.version import package_version
+from common.version import VersionAction
 from sidecar import endpoints
 from sidecar.agent import AgentServer
 from sidecar.commands import ADMIN_URL, NO_DRAIN, admin_url_problem, drain_client, export_trace, out_problem
@@ -204,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
         "Exit status of run: 0 after a drain that SIGTERM began, 1 on a second signal or a dead task, "
         "2 on a start-up failure (an invalid flag or variable, a port in use).",
     )
-    top.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    top.add_argument("--version", action=VersionAction)
     commands = top.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run_cmd = commands.add_parser(
         "run",
