@@ -37,7 +37,7 @@ from typing import Any
 
 import kmock
 from aiohttp import web
-from kmock import Response  # type: ignore[attr-defined]  # exported, though not listed in kmock's __all__
+from kmock import Response
 
 from fakes.kubernetes import FakeCluster
 

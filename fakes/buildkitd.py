@@ -260,8 +260,10 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
     # -- servicer --------------------------------------------------------------
 
     async def Solve(
-        self, request: control_pb2.SolveRequest, context: grpc.aio.ServicerContext
-    ) -> control_pb2.SolveResponse:  # type: ignore[override]
+        self,
+        request: control_pb2.SolveRequest,
+        context: grpc.aio.ServicerContext[control_pb2.SolveRequest, control_pb2.SolveResponse],
+    ) -> control_pb2.SolveResponse:
         try:
             seconds = float(request.FrontendAttrs.get(BUILD_SECONDS, "0"))
         except ValueError:
@@ -281,16 +283,20 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
         return control_pb2.SolveResponse()
 
     async def Info(
-        self, request: control_pb2.InfoRequest, context: grpc.aio.ServicerContext
-    ) -> control_pb2.InfoResponse:  # type: ignore[override]
+        self,
+        request: control_pb2.InfoRequest,
+        context: grpc.aio.ServicerContext[control_pb2.InfoRequest, control_pb2.InfoResponse],
+    ) -> control_pb2.InfoResponse:
         return control_pb2.InfoResponse(
             buildkitVersion=control_pb2.BuildkitVersion(
                 package="github.com/moby/buildkit", version=self.version, revision="fake"
             )
         )
 
-    async def ListWorkers(  # type: ignore[override]
-        self, request: control_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    async def ListWorkers(
+        self,
+        request: control_pb2.ListWorkersRequest,
+        context: grpc.aio.ServicerContext[control_pb2.ListWorkersRequest, control_pb2.ListWorkersResponse],
     ) -> control_pb2.ListWorkersResponse:
         self.list_workers_served += 1
         if self.list_workers_reply is not None:
@@ -302,8 +308,10 @@ class FakeBuildkitd(control_pb2_grpc.ControlServicer):
         worker = worker_pb2.WorkerRecord(ID="fakeworker", platforms=platforms)
         return control_pb2.ListWorkersResponse(record=[worker])
 
-    async def ListenBuildHistory(  # type: ignore[override]
-        self, request: control_pb2.BuildHistoryRequest, context: grpc.aio.ServicerContext
+    async def ListenBuildHistory(
+        self,
+        request: control_pb2.BuildHistoryRequest,
+        context: grpc.aio.ServicerContext[control_pb2.BuildHistoryRequest, control_pb2.BuildHistoryEvent],
     ) -> AsyncIterator[control_pb2.BuildHistoryEvent]:
         self.requests.append(request)
         await context.send_initial_metadata((("buildkit-current-timestamp", str(time.time_ns())),))

@@ -22,6 +22,7 @@ import copy
 import datetime
 import re
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import jsonpatch
@@ -110,7 +111,10 @@ def match_fields(selector: str | None, obj: dict[str, Any]) -> bool:
     for term in (selector or "").split(","):
         if not term.strip():
             continue
-        path, op, val = re.fullmatch(r"\s*([\w.]+)\s*(==|=|!=)\s*(.*?)\s*", term).groups()
+        m = re.fullmatch(r"\s*([\w.]+)\s*(==|=|!=)\s*(.*?)\s*", term)
+        if m is None:
+            raise ValueError(f"unsupported field selector term: {term!r}")
+        path, op, val = m.groups()
         cur: Any = obj
         for part in path.split("."):
             cur = cur.get(part) if isinstance(cur, dict) else None
@@ -128,7 +132,7 @@ class FakeCluster:
         self.history: list[tuple[int, str, dict[str, Any]]] = []  # (rv, resource, event)
         self.compacted_rv = 0  # watches from older RVs -> 410
         self.calls: list[tuple[str, str, str | None, str | None, str | None]] = []  # verb log
-        self._watchers: list[tuple[str, str | None, asyncio.Queue]] = []
+        self._watchers: list[tuple[str, str | None, asyncio.Queue[dict[str, Any] | None]]] = []
         self.handler: kmocklib.KubernetesScaffold | None = None
         self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) answered 403, see forbid()
 
@@ -158,6 +162,7 @@ class FakeCluster:
 
     @property
     def url(self) -> str:
+        assert self.handler is not None, "install() first"
         return str(self.handler.url)
 
     # ---- test-side helpers ---------------------------------------------------------------
@@ -203,7 +208,7 @@ class FakeCluster:
         self.compacted_rv = self.rv
 
     # ---- internals -------------------------------------------------------------------------
-    def _store(self, res: str, key: tuple, obj: dict[str, Any] | None, etype: str) -> None:
+    def _store(self, res: str, key: tuple[str, str | None, str], obj: dict[str, Any] | None, etype: str) -> None:
         self.rv += 1
         if obj is None:
             obj = self.objects.pop(key)
@@ -219,17 +224,21 @@ class FakeCluster:
     @staticmethod
     def _res(req: kmocklib.Request) -> str:
         r = req.resource
+        assert r is not None, "served only if _is_resource_request()"
+        assert r.plural is not None
         return f"{r.plural}.{r.group}" if r.group else r.plural
 
     def _wrap(self, req: kmocklib.Request, obj: dict[str, Any]) -> dict[str, Any]:
         r = req.resource
+        assert r is not None, "served only if _is_resource_request()"
+        assert r.plural is not None
         return dict(
             obj,
             apiVersion=f"{r.group}/{r.version}" if r.group else r.version,
             kind=KINDS.get(r.plural, r.plural.capitalize()),
         )
 
-    def _selected(self, res: str, ns: str | None, params: dict[str, str]) -> list[dict]:
+    def _selected(self, res: str, ns: str | None, params: Mapping[str, str]) -> list[dict[str, Any]]:
         return [
             obj
             for (r, n, _), obj in self.objects.items()
@@ -241,6 +250,8 @@ class FakeCluster:
 
     async def handle(self, req: kmocklib.Request) -> kmocklib.Response:
         res, ns, name, sub = self._res(req), req.namespace, req.name, req.subresource
+        assert req.resource is not None, "checked by _res()"
+        assert req.resource.plural is not None
         method = req.method.value
         is_watch = req.params.get("watch", "").lower() in ("true", "1")
         verb = (
@@ -249,7 +260,7 @@ class FakeCluster:
             else {"POST": "create", "PUT": "replace", "PATCH": "patch", "DELETE": "delete"}.get(method, method)
         )
         self.calls.append((verb, res, ns, name, sub))
-        key = (res, ns, name)
+        key: tuple[str, str | None, Any] = (res, ns, name)  # Any: create takes the name from the body
         if (verb, res) in self.forbidden:
             where = f' in the namespace "{ns}"' if ns else ""
             return _status(
@@ -295,7 +306,7 @@ class FakeCluster:
         )
 
         if sub == "scale":  # deployments/scale (apps/v1) -> autoscaling/v1 Scale
-            scale = {
+            scale: dict[str, Any] = {
                 "apiVersion": "autoscaling/v1",
                 "kind": "Scale",
                 "metadata": {"name": name, "namespace": ns, "resourceVersion": current["metadata"]["resourceVersion"]},
@@ -345,14 +356,16 @@ class FakeCluster:
             return _ok(self._wrap(req, updated))
         return _status(405, "MethodNotAllowed", verb)
 
-    def _watch(self, req: kmocklib.Request, res: str, ns: str | None):
+    def _watch(self, req: kmocklib.Request, res: str, ns: str | None) -> AsyncIterator[bytes | dict[str, Any]]:
         params = dict(req.params)
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         entry = (res, ns, queue)
         self._watchers.append(entry)  # registered synchronously: no events can be missed
         since = params.get("resourceVersion") or "0"
         if since == "0":  # no RV: synthetic ADDED for the current state
-            backlog = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in self._selected(res, ns, {})]
+            backlog: list[dict[str, Any]] = [
+                {"type": "ADDED", "object": copy.deepcopy(o)} for o in self._selected(res, ns, {})
+            ]
         elif int(since) < self.compacted_rv:
             backlog = [
                 {
@@ -376,14 +389,15 @@ class FakeCluster:
         timeout = params.get("timeoutSeconds")
         deadline = asyncio.get_running_loop().time() + float(timeout) if timeout else None
 
-        def matches(event: dict) -> bool:
+        def matches(event: dict[str, Any]) -> bool:
             obj = event["object"]
             return event["type"] == "ERROR" or (
                 match_labels(params.get("labelSelector"), obj["metadata"].get("labels") or {})
                 and match_fields(params.get("fieldSelector"), obj)
             )
 
-        async def stream():
+        async def stream() -> AsyncIterator[bytes | dict[str, Any]]:
+            event: dict[str, Any] | None
             try:
                 yield b""  # makes kmock start the streaming response immediately (headers)
                 for event in backlog:
@@ -409,7 +423,7 @@ class FakeCluster:
 
 
 @pytest.fixture
-async def k8s():
+async def k8s() -> AsyncIterator[FakeCluster]:
     cluster = FakeCluster()
     async with kmocklib.KubernetesScaffold() as handler, kmocklib.Server(handler):
         cluster.install(handler)
@@ -418,7 +432,7 @@ async def k8s():
 
 
 @pytest.fixture
-async def api(k8s):
+async def api(k8s: FakeCluster) -> AsyncIterator[client.ApiClient]:
     cfg = client.Configuration(host=k8s.url)  # plain http://127.0.0.1:PORT, no auth, no TLS
     async with client.ApiClient(cfg) as api_client:  # closes its aiohttp session at exit
         yield api_client
