@@ -17,6 +17,7 @@ Modules, one per benchmark, plus what they share:
 * :mod:`bench.autoscaler_reaction`: a surge on the sidecars → the scale PATCH at the API;
 * :mod:`bench.fake_fleet` (the child process: fake API, fake sidecars, control API) and
   :mod:`bench.fleet` (starting it, the controller's wiring, the shared config);
+* :mod:`bench.image`: the sidecar installed as the image installs it (runtime dependencies only);
 * :mod:`bench.harness` (processes, HTTP, ``/proc``), :mod:`bench.stats`,
   :mod:`bench.report` (rows, sections, the fragment a run writes, the machine).
 

@@ -309,19 +309,24 @@ class SidecarProcess:
 
 @contextlib.asynccontextmanager
 async def sidecar(
-    *, daemon: FakeBuildkitd, directory: Path, extra_args: Sequence[str] = ()
+    *,
+    daemon: FakeBuildkitd,
+    directory: Path,
+    extra_args: Sequence[str] = (),
+    command: Sequence[str] | None = None,
 ) -> AsyncIterator[SidecarProcess]:
     """The real ``buildkit-sidecar`` following ``daemon``, ready (connected, reconciled).
 
     Every benchmark sidecar has ``--drain-quiet-seconds 0`` (the drain benchmark
     needs it; the others stop faster with it). On exit the daemon's running
     builds complete and the sidecar gets SIGTERM; an exit status other than 0
-    is reported on stderr, since it means the graceful path misbehaved.
+    is reported on stderr, since it means the graceful path misbehaved. ``command``: the
+    ``buildkit-sidecar`` to run (default :func:`sidecar_command`).
     """
     public_port, admin_port = free_port(), free_port()
     log_path = directory / f"sidecar-{public_port}.log"
     args = [
-        *sidecar_command(),
+        *(command or sidecar_command()),
         "run",
         "--buildkit-addr",
         daemon.address,

@@ -1,6 +1,8 @@
 """Run the sidecar's and the autoscaler's benchmarks (``make bench``).
 
-``python -m bench.run [--quick] [--only sidecar|autoscaler] [--results bench/results]``.
+``python -m bench.run [--quick] [--only sidecar|autoscaler] [--results bench/results] [--sidecar-from-this-venv]``.
+The sidecar runs as the image installs it (:mod:`bench.image`: a venv under ``out/`` with the
+runtime dependencies only, made from PyPI on the first run).
 The full run takes about four and a half minutes: the sidecar's benchmarks
 about two (most of it the 60 s idle-CPU window and the 1 s poll loop's
 drains), the autoscaler's about one and a half (most of it the reaction
@@ -27,7 +29,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import autoscaler_cycle, autoscaler_reaction, burst, drain_latency, fleet, harness, http_latency, resources
+from bench import (
+    autoscaler_cycle,
+    autoscaler_reaction,
+    burst,
+    drain_latency,
+    fleet,
+    harness,
+    http_latency,
+    image,
+    resources,
+)
 from bench.assemble import render_fragment
 from bench.report import (
     Fragment,
@@ -49,6 +61,10 @@ class BenchSettings:
 
     drains: int = 200
     """Sidecar drains timed (issue 2: at least 200)."""
+
+    sidecar_command: tuple[str, ...] | None = None
+    """The ``buildkit-sidecar`` to run: set by :func:`run_all` to the image-like venv's
+    (:mod:`bench.image`); None: the one beside this interpreter."""
 
     poll_drains: int = 30
     """Poll-loop drains timed: each lasts about one poll interval."""
@@ -97,7 +113,7 @@ def progress(message: str) -> None:
 
 async def drain_stage(settings: BenchSettings, daemon: harness.InstrumentedBuildkitd, directory: Path) -> Section:
     progress(f"drain latency: {settings.drains} sidecar drains")
-    async with harness.sidecar(daemon=daemon, directory=directory) as sidecar:
+    async with harness.sidecar(daemon=daemon, directory=directory, command=settings.sidecar_command) as sidecar:
         sidecar_latencies = await drain_latency.measure_sidecar(
             daemon=daemon, sidecar=sidecar, iterations=settings.drains
         )
@@ -118,7 +134,7 @@ async def drain_stage(settings: BenchSettings, daemon: harness.InstrumentedBuild
 
 async def resources_stage(settings: BenchSettings, daemon: harness.InstrumentedBuildkitd, directory: Path) -> Section:
     progress(f"memory: {settings.rss_total_builds:,} builds, then {settings.idle_seconds:g} s idle")
-    async with harness.sidecar(daemon=daemon, directory=directory) as sidecar:
+    async with harness.sidecar(daemon=daemon, directory=directory, command=settings.sidecar_command) as sidecar:
         result = await resources.measure(
             daemon=daemon,
             sidecar=sidecar,
@@ -132,7 +148,7 @@ async def resources_stage(settings: BenchSettings, daemon: harness.InstrumentedB
 async def burst_stage(settings: BenchSettings, daemon: harness.InstrumentedBuildkitd, directory: Path) -> Section:
     progress(f"burst: {settings.burst_builds:,} builds at once")
     baseline = await burst.floor(daemon=daemon, builds=settings.burst_builds)
-    async with harness.sidecar(daemon=daemon, directory=directory) as sidecar:
+    async with harness.sidecar(daemon=daemon, directory=directory, command=settings.sidecar_command) as sidecar:
         result = await burst.measure(daemon=daemon, sidecar=sidecar, builds=settings.burst_builds, baseline=baseline)
     return burst.section(result)
 
@@ -140,7 +156,7 @@ async def burst_stage(settings: BenchSettings, daemon: harness.InstrumentedBuild
 async def http_stage(settings: BenchSettings, daemon: harness.InstrumentedBuildkitd, directory: Path) -> Section:
     rate = settings.http_rate_per_second
     progress(f"http: /status and /metrics at {rate:g}/s for {settings.http_seconds:g} s each")
-    async with harness.sidecar(daemon=daemon, directory=directory) as sidecar:
+    async with harness.sidecar(daemon=daemon, directory=directory, command=settings.sidecar_command) as sidecar:
         results = await http_latency.measure(
             daemon=daemon,
             sidecar=sidecar,
@@ -185,13 +201,19 @@ async def _with_load_row(measured: Awaitable[Section]) -> Section:
     return section.with_row(contention_row(others))
 
 
-async def run_all(settings: BenchSettings, *, groups: Sequence[str] = GROUPS) -> dict[str, list[Section]]:
+async def run_all(
+    settings: BenchSettings, *, groups: Sequence[str] = GROUPS, image_venv: bool = True
+) -> dict[str, list[Section]]:
     """Every benchmark of ``groups`` in turn, by group.
 
-    The sidecar's: one fake daemon for all, a fresh sidecar process for each. The autoscaler's: a
-    fresh fake fleet process and controller for each, the controller's logs in a file.
+    The sidecar's: one fake daemon for all, a fresh sidecar process for each, installed first as the
+    image installs it (``image_venv``; otherwise this venv's). The autoscaler's: a fresh fake fleet
+    process and controller for each, the controller's logs in a file.
     """
     sections: dict[str, list[Section]] = {group: [] for group in groups}
+    if "sidecar" in groups and image_venv:
+        progress(f"sidecar: installing it as the image does, in {image.VENV}")
+        settings = dataclasses.replace(settings, sidecar_command=(str(image.prepare()),))
     async with harness.workdir() as directory:
         if "sidecar" in groups:
             async with harness.fake_daemon(directory) as daemon:
@@ -232,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--results", type=Path, default=None, help="write each group's fragment here (make bench: bench/results)"
     )
     top.add_argument("--only", choices=GROUPS, default=None, help="run only the sidecar's or the autoscaler's")
+    top.add_argument(
+        "--sidecar-from-this-venv",
+        action="store_true",
+        help="run this venv's buildkit-sidecar (test extra included) instead of installing it as the image does",
+    )
     args = top.parse_args(args_list)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     settings = QUICK if args.quick else FULL
@@ -240,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = code_version()
     load_before = load_average()
     t0 = time.monotonic()
-    sections = asyncio.run(run_all(settings, groups=groups))
+    sections = asyncio.run(run_all(settings, groups=groups, image_venv=not args.sidecar_from_this_venv))
     runtime = time.monotonic() - t0
     machine = Machine.here()
     measured = Measured(
@@ -251,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         details=(
             f"{'quick' if args.quick else 'full'} run of {', '.join(groups)}, {runtime:.0f} s",
             f"Python: {machine.python}; {machine.libraries}",
+            "the sidecar: this venv's, test extra included"
+            if args.sidecar_from_this_venv
+            else "the sidecar: installed as the image installs it (`bench/image.py`: `pip install .` in a fresh "
+            "venv, so no test extra; the libraries at the versions above)",
             f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}",
         ),
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.assemble import OUT, PARTS, RESULTS, Part, judge, load, main, render
 from bench.e2e_section import FAULT_RUNS, FLEET_RUN, Minimums, fault_row, fleet_rows, fresh
+from bench.image import copied_sources
 from bench.report import MET, MISSED, Fragment, Measured, Row, Section
 
 MEASURED = Measured(commit="abc1234", date="2026-01-01 00:00:00 UTC", machine="test", command="make test")
@@ -140,3 +141,8 @@ def test_issue_11_router_targets_are_missed_when_not_measured_behind_the_router(
     behind_random = router_targets(config, simulate(config, trace, model=FleetModel(routing="random")), [])
     assert all(row.missed for row in behind_random.rows)
     assert "not measured: routing random" == behind_random.rows[0].value
+
+
+def test_the_benchmarked_sidecar_is_installed_from_what_the_image_copies() -> None:
+    """bench/image.py installs the files the Dockerfile's build stage copies, read from the Dockerfile."""
+    assert ["pyproject.toml", "README.md", "LICENSE", "sidecar", "autoscaler", "common"] == copied_sources()
