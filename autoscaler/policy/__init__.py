@@ -6,12 +6,12 @@ simulator (:mod:`autoscaler.simulator`) both sit on it and never import each oth
 
 * :mod:`.views`: a pool's pods as a decision sees them, and the :class:`Decision`;
 * :mod:`.history`: what the stabilization windows and rate limits look back on;
-* :mod:`.decide`: :func:`decide`, HPA's algorithm on active builds;
+* :mod:`.decide`: :func:`decide`, HPA's algorithm on active builds; :func:`replicas_for`, its need;
 * :mod:`.stepper`: :class:`PoolStepper`, one pool cycle after cycle; :func:`deletion_cost`;
 * :mod:`.replicaset`: the ReplicaSet's victim order on a scale-down.
 """
 
-from autoscaler.policy.decide import decide
+from autoscaler.policy.decide import decide, replicas_for
 from autoscaler.policy.history import History, Recommendation, ScaleEvent
 from autoscaler.policy.stepper import DRAINING_COST, UNKNOWN_LOAD_COST, PoolStepper, deletion_cost
 from autoscaler.policy.views import Decision, Direction, Limit, Observation, PodView, pod_view
@@ -31,4 +31,5 @@ __all__ = [
     "decide",
     "deletion_cost",
     "pod_view",
+    "replicas_for",
 ]

@@ -68,6 +68,11 @@ from autoscaler.policy.history import History, ScaleEvent
 from autoscaler.policy.views import Decision, Direction, Limit, Observation
 
 
+def replicas_for(demand: int, *, target: int, spare: int) -> int:
+    """Step 1's need without parked pods: ``ceil(demand ÷ targetBuildsPerReplica) + spareReplicas``."""
+    return math.ceil(demand / target) + spare
+
+
 def decide(observation: Observation, pool: Pool, history: History, now: float) -> Decision:
     """Decide the pool's replicas from one observation (pure; ``now`` in seconds, any epoch)."""
     current = observation.current_replicas
@@ -84,7 +89,7 @@ def decide(observation: Observation, pool: Pool, history: History, now: float) -
     unknown_busy = sum(1 for p in observation.pods if p.active_builds is None and p.ready and not p.terminating)
     leaving = sum(p.active_builds or 0 for p in observation.pods if p.terminating or p.draining)
     parked = sum(1 for p in observation.pods if p.parked)
-    needed = math.ceil((active + unknown_busy * target) / target) + pool.spare_replicas + parked
+    needed = replicas_for(active + unknown_busy * target, target=target, spare=pool.spare_replicas) + parked
 
     explain = _need_text(
         active=active,

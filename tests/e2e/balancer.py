@@ -8,11 +8,11 @@ Every build is accounted: completed, or lost because its buildkitd was killed un
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 
 import grpc.aio
 
+from autoscaler.policy import replicas_for
 from fakes.buildkitd import new_ref
 from fakes.router import CLIENT_PORT
 from tests.e2e.fleet import FOREVER, Figures, Load, Pod, PoolSpec, Slot, Timing, now, until
@@ -143,30 +143,32 @@ class Balancer:
         """Forever, while the load is on and :attr:`Load.tail_min_builders` is set: the falling load's
         long tail, every :attr:`Load.tail_gap_seconds` at most.
 
-        A tail waits until the pool runs at least that many builders in service, none starting; it would
-        not need more with one more build on each (the autoscaler's count: every running build, a
-        terminating pod's too), so no scale-up adds idle builders; and with one build on each alone it
-        would need fewer (with a spare, three builders with a build each still need three). Then one
-        long build goes straight onto
-        each builder (a client that bypasses the router, as another router replica's or a direct
-        connection does) and the bursts pause for :attr:`Load.tail_quiet_seconds`. As the bursts' builds
-        end, the pool needs fewer builders while every one it has still runs a tail build: the
-        scale-down's victim is a busy one.
+        A tail waits until the pool runs at least that many builders in service, none starting, and, by
+        the autoscaler's own rule (:func:`~autoscaler.policy.replicas_for`; demand is every running
+        build, a terminating pod's too): with one more build on each, it needs no more builders than it
+        runs, so no scale-up adds idle ones; with one build on each alone, it needs fewer (with a spare,
+        three builders with a build each still need three). Then one long build goes straight onto each
+        builder (a client that bypasses the router, as another router replica's or a direct connection
+        does) and the bursts pause for :attr:`Load.tail_quiet_seconds`. As the bursts' builds end, the
+        pool needs fewer builders while every one it has still runs a tail build: the scale-down's
+        victim is a busy one.
         """
         load = self.load
         if load.tail_min_builders is None:
             return
         rng = random.Random(f"{load.seed}-{pool.arch}-tails")
+
+        def need(demand: int) -> int:
+            return replicas_for(demand, target=pool.target_builds_per_replica, spare=pool.spare_replicas)
+
         while True:
             await self.load_on.wait()
             pods = self.pods[pool.arch]
             in_service = [p for p in pods if p.in_service]
             running = sum(len(p.slot.daemon.active) for p in pods if not p.gone)
             n = len(in_service)
-            needed_now = math.ceil((running + n) / pool.target_builds_per_replica) + pool.spare_replicas
-            needed_after = math.ceil(n / pool.target_builds_per_replica) + pool.spare_replicas
             starting = any(not p.in_service and not p.deleting for p in pods)
-            if n < load.tail_min_builders or starting or needed_now > n or needed_after >= n:
+            if n < load.tail_min_builders or starting or need(running + n) > n or need(n) >= n:
                 await asyncio.sleep(0.1)
                 continue
             self.quiet_until[pool.arch] = now() + load.tail_quiet_seconds
