@@ -44,15 +44,16 @@ def copied_sources(dockerfile: Path = ROOT / "Dockerfile") -> list[str]:
     return sources
 
 
-def _pip(python: Path, *args: str) -> None:
+def _pip(python: Path, *args: str) -> str:
+    """``python -m pip ARGS``, quietly; its standard output."""
     try:
-        subprocess.run(
+        return subprocess.run(
             [str(python), "-m", "pip", "--disable-pip-version-check", "--quiet", *args],
             check=True,
             capture_output=True,
             text=True,
             timeout=PIP_SECONDS,
-        )
+        ).stdout
     except subprocess.CalledProcessError as error:
         tail = "\n".join((error.stderr or error.stdout or "").splitlines()[-15:])
         raise BenchError(f"pip {' '.join(args[:1])} in {python.parent.parent} failed:\n{tail}") from error
@@ -63,13 +64,7 @@ def prepare() -> Path:
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=120)
-    frozen = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    frozen = _pip(Path(sys.executable), "freeze", "--exclude-editable")
     with tempfile.TemporaryDirectory(prefix="bench-image-") as scratch:
         source = Path(scratch) / "src"
         source.mkdir()

@@ -27,7 +27,7 @@ from sidecar.main import IDLE_CONNECTION_SECONDS
 from sidecar.settings import Settings
 from tests.conftest import Running
 from tests.sidecar.child import COMMAND, STARTUP_SECONDS, clean_env, free_port
-from tests.sidecar.test_slow_peers import served
+from tests.sidecar.serving import served
 
 Factory = Callable[..., Awaitable[Running]]
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -15,31 +15,17 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 
 from sidecar import endpoints
 from sidecar.buildkit import BuildkitClient, BuildkitError
-from sidecar.main import IDLE_CONNECTION_SECONDS, http_runner
+from sidecar.main import IDLE_CONNECTION_SECONDS
 from tests.conftest import Running
+from tests.sidecar.serving import served
 
 Factory = Callable[..., Awaitable[Running]]
 
 
 # -- slow and idle clients on a real socket ------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def served(app: web.Application) -> AsyncIterator[int]:
-    """``app`` served as sidecar/main.py serves it (same runner options), on a free port."""
-    runner = http_runner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        assert runner.addresses
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
